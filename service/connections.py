@@ -1,0 +1,45 @@
+"""Redis and PostgreSQL clients, sized from settings."""
+
+from __future__ import annotations
+
+import asyncpg
+import msgspec
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from service.settings import Settings
+
+
+def redis_client(settings: Settings, url: str | None = None) -> Redis:
+    """A Redis client on a blocking pool: when all connections are busy, callers wait."""
+    pool = BlockingConnectionPool.from_url(
+        url or settings.redis_url,
+        max_connections=settings.redis_pool_size,
+        timeout=settings.redis_pool_timeout_s,
+        socket_connect_timeout=2.0,
+        health_check_interval=30,
+    )
+    return Redis(connection_pool=pool)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb travels as msgspec-encoded bytes, not through the stdlib json module.
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda value: b"\x01" + msgspec.json.encode(value),
+        decoder=lambda data: msgspec.json.decode(data[1:]),
+        schema="pg_catalog",
+        format="binary",
+    )
+
+
+async def pg_pool(settings: Settings, url: str | None = None) -> asyncpg.Pool:
+    """An asyncpg pool with the jsonb codec installed."""
+    pool = await asyncpg.create_pool(
+        url or settings.database_url,
+        min_size=settings.pg_pool_min,
+        max_size=settings.pg_pool_max,
+        init=_init_connection,
+        command_timeout=30,
+    )
+    assert pool is not None
+    return pool

@@ -1,0 +1,105 @@
+"""RFC 9457 problem details: every error the API answers has this shape."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.plugins.problem_details import (
+    ProblemDetailsConfig,
+    ProblemDetailsException,
+    ProblemDetailsPlugin,
+)
+
+from service.models import InvalidField
+
+log = logging.getLogger("rankstream.api")
+
+
+class Problem(ProblemDetailsException):
+    """An error answer; `field` names the offending input when there is one."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str = "",
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        body = dict(extra or {})
+        if field is not None:
+            body["field"] = field
+        super().__init__(
+            detail=detail or title,
+            status_code=status,
+            title=title,
+            headers=headers,
+            extra=body or None,
+        )
+
+
+def invalid(field: str, message: str, status: int = 422) -> Problem:
+    """A problem naming one bad field."""
+    return Problem(
+        status,
+        "Invalid request",
+        f"{field}: {message}",
+        field=field,
+        extra={"errors": [{"field": field, "message": message}]},
+    )
+
+
+def _from_validation(exc: ValidationException) -> ProblemDetailsException:
+    errors = [
+        {"field": str(item.get("key") or item.get("source") or "body"), "message": item["message"]}
+        for item in (exc.extra or [])
+        if isinstance(item, dict) and "message" in item
+    ]
+    if not errors:
+        return Problem(400, "Malformed request", str(exc.detail), field="body")
+    first = errors[0]
+    status = 400 if first["field"] == "body" else 422
+    return Problem(
+        status,
+        "Invalid request",
+        f"{first['field']}: {first['message']}",
+        field=first["field"],
+        extra={"errors": errors},
+    )
+
+
+def _from_invalid_field(exc: InvalidField) -> ProblemDetailsException:
+    return invalid(exc.field, exc.message)
+
+
+def _from_http(exc: HTTPException) -> ProblemDetailsException:
+    return ProblemDetailsException(
+        status_code=exc.status_code, title=exc.detail, detail=exc.detail, headers=exc.headers
+    )
+
+
+def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Any unexpected error: logged with its trace, answered without one."""
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return Problem(500, "Internal server error", "The server failed to answer.").to_response(
+        request
+    )
+
+
+def plugin() -> ProblemDetailsPlugin:
+    """The ProblemDetailsPlugin with rankstream's conversions."""
+    return ProblemDetailsPlugin(
+        ProblemDetailsConfig(
+            enable_for_all_http_exceptions=True,
+            exception_to_problem_detail_map={
+                ValidationException: _from_validation,
+                InvalidField: _from_invalid_field,
+                HTTPException: _from_http,
+            },
+        )
+    )

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per resource. Routes parse, authorize, call the domain, shape."""

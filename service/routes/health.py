@@ -1,0 +1,33 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from litestar import Response, get
+
+from service.health import Readiness, check_ready
+from service.state import Services
+
+
+class Live(msgspec.Struct, frozen=True):
+    """Answer of `/health/live`."""
+
+    status: str
+
+
+@get("/health/live", tags=["health"], summary="The process is up.")
+async def live() -> Live:
+    """Liveness: answers while the process runs."""
+    return Live("ok")
+
+
+@get("/health/ready", tags=["health"], summary="Redis and PostgreSQL answer.")
+async def ready(services: Services) -> Response[Readiness]:
+    """Readiness: 200 when every dependency answers, 503 naming those that do not."""
+    state = await asyncio.wait_for(check_ready(services), timeout=5)
+    return Response(state, status_code=200 if state.status == "ok" else 503)
+
+
+ROUTES = [live, ready]
