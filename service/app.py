@@ -12,7 +12,7 @@ from litestar.openapi import OpenAPIConfig
 
 from service import problems
 from service.connections import pg_pool, redis_client
-from service.routes import health
+from service.routes import boards, health, scores
 from service.settings import Settings
 from service.state import Services
 
@@ -23,11 +23,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        services = Services(
-            settings=settings,
-            redis=redis_client(settings),
-            pg=await pg_pool(settings),
-        )
+        services = Services.build(settings, redis_client(settings), await pg_pool(settings))
         app.state.services = services
         try:
             yield
@@ -39,7 +35,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         return services
 
     return Litestar(
-        route_handlers=[*health.ROUTES],
+        route_handlers=[*health.ROUTES, *boards.ROUTES, *scores.ROUTES],
         lifespan=[lifespan],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         plugins=[problems.plugin()],

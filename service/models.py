@@ -88,9 +88,9 @@ class BoardCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class BoardPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Body of `PATCH /v1/leaderboards/{id}`: only what can change without a rebuild."""
 
-    title: Title | None | msgspec.UnsetType = msgspec.UNSET
-    min_score: Score | None | msgspec.UnsetType = msgspec.UNSET
-    max_score: Score | None | msgspec.UnsetType = msgspec.UNSET
+    title: Title | msgspec.UnsetType | None = msgspec.UNSET
+    min_score: Score | msgspec.UnsetType | None = msgspec.UNSET
+    max_score: Score | msgspec.UnsetType | None = msgspec.UNSET
     metadata: Metadata | msgspec.UnsetType = msgspec.UNSET
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from litestar import Request, Response
@@ -16,6 +17,7 @@ from litestar.plugins.problem_details import (
 from service.models import InvalidField
 
 log = logging.getLogger("rankstream.api")
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
 
 
 class Problem(ProblemDetailsException):
@@ -54,9 +56,16 @@ def invalid(field: str, message: str, status: int = 422) -> Problem:
     )
 
 
+def _field_of(item: dict[str, Any]) -> str:
+    message = str(item.get("message", ""))
+    if match := _UNKNOWN_FIELD.search(message):
+        return match.group(1)  # Litestar names the body `data`; the client wants the key
+    return str(item.get("key") or item.get("source") or "body")
+
+
 def _from_validation(exc: ValidationException) -> ProblemDetailsException:
     errors = [
-        {"field": str(item.get("key") or item.get("source") or "body"), "message": item["message"]}
+        {"field": _field_of(item), "message": item["message"]}
         for item in (exc.extra or [])
         if isinstance(item, dict) and "message" in item
     ]

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 import asyncpg
 from redis.asyncio import Redis
 
+from service.auth import KeyCache
+from service.boards import BoardCache
 from service.settings import Settings
+from service.stream import Backlog
 
 
 @dataclass
@@ -17,6 +20,21 @@ class Services:
     settings: Settings
     redis: Redis
     pg: asyncpg.Pool
+    boards: BoardCache
+    keys: KeyCache
+    backlog: Backlog
+
+    @classmethod
+    def build(cls, settings: Settings, redis: Redis, pg: asyncpg.Pool) -> Services:
+        """Wire caches to the clients."""
+        return cls(
+            settings=settings,
+            redis=redis,
+            pg=pg,
+            boards=BoardCache(pg, settings.board_cache_ttl_s),
+            keys=KeyCache(pg, settings.bootstrap_admin_key),
+            backlog=Backlog(redis, settings.stream_key, settings.max_stream_lag),
+        )
 
     async def close(self) -> None:
         """Release every connection."""

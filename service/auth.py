@@ -1,0 +1,70 @@
+"""Who is calling: API keys from `Authorization: Bearer`, resolved to a role and cached."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import asyncpg
+
+from service import apikeys
+from service.problems import Problem
+
+Need = Literal["reader", "client", "admin"]
+CACHE_TTL_S = 30.0
+_RANK = {"reader": 0, "client": 1, "admin": 2}
+
+
+class KeyCache:
+    """Key -> role (or None), remembered for a short while so each request costs no query."""
+
+    def __init__(self, pg: asyncpg.Pool, bootstrap_admin_key: str = "") -> None:
+        self._pg = pg
+        self._bootstrap = bootstrap_admin_key
+        self._cache: dict[str, tuple[float, apikeys.Role | None]] = {}
+
+    async def role(self, key: str) -> apikeys.Role | None:
+        """The role of a live key, or None."""
+        if self._bootstrap and key == self._bootstrap:
+            return "admin"
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit and now - hit[0] < CACHE_TTL_S:
+            return hit[1]
+        role = await apikeys.lookup(self._pg, key)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (now, role)
+        return role
+
+
+def bearer(headers: Any) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header, if any."""
+    value: str | None = headers.get("authorization")
+    if not value:
+        return None
+    scheme, _, key = value.partition(" ")
+    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+
+
+async def authorize(keys: KeyCache, headers: Any, need: Need, public_reads: bool) -> str:
+    """The caller's role if it may do what needs `need`; 401/403 problem otherwise."""
+    key = bearer(headers)
+    if key is None:
+        if need == "reader" and public_reads:
+            return "reader"
+        raise Problem(
+            401,
+            "Unauthorized",
+            "send an API key as Authorization: Bearer <key>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    role = await keys.role(key)
+    if role is None:
+        raise Problem(
+            401, "Unauthorized", "the API key is unknown or revoked",
+            headers={"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+    if _RANK[role] < _RANK[need]:
+        raise Problem(403, "Forbidden", f"this route needs the {need} role; the key is {role}")
+    return role

@@ -1,0 +1,111 @@
+"""Writes to the ranking cache: absolute values into sorted sets through the version guard."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+
+import msgspec
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from service import keys, periods
+from service.models import Board, Window
+
+_APPLY_LUA = (Path(__file__).parent / "apply.lua").read_text()
+
+
+class ScoreRow(msgspec.Struct, frozen=True):
+    """One `player_scores` row, as the cache needs it."""
+
+    board_id: str
+    window: Window
+    period: str
+    player_id: str
+    score: int
+    version: int
+    reached_at: datetime
+
+
+class Removal(msgspec.Struct, frozen=True):
+    """A player leaving one set; version must exceed every version applied before."""
+
+    board_id: str
+    window: Window
+    period: str
+    player_id: str
+    version: int
+
+
+def apply_script(redis: Redis) -> AsyncScript:
+    """The version-guarded apply script, registered on this client."""
+    return redis.register_script(_APPLY_LUA)
+
+
+def expire_at_ms(window: Window, period: str, retention: int) -> int:
+    """When a period's sets leave Redis: `retention` periods after it ended (0: never)."""
+    end = periods.period_end(window, period)
+    if end is None:
+        return 0
+    for _ in range(retention):
+        following = periods.period_end(window, periods.period_id(window, end))
+        assert following is not None
+        end = following
+    return int(end.timestamp() * 1000)
+
+
+def _set_args(
+    board: Board, window: Window, period: str, retention: int, items: list[tuple[str, ...]]
+) -> tuple[list[str], list[str]]:
+    key_args = [
+        keys.set_key(board.id, window, period),
+        keys.versions_key(board.id, window, period),
+        keys.revision_key(board.id),
+    ]
+    argv = [str(expire_at_ms(window, period, retention))]
+    for item in items:
+        argv.extend(item)
+    return key_args, argv
+
+
+async def apply_rows(
+    redis: Redis,
+    script: AsyncScript,
+    boards: Mapping[str, Board],
+    rows: Iterable[ScoreRow | Removal],
+    retention: int,
+) -> int:
+    """Apply rows to their sets in one pipeline; return how many players changed."""
+    grouped: dict[tuple[str, Window, str], list[tuple[str, ...]]] = {}
+    for row in rows:
+        board = boards[row.board_id]
+        if isinstance(row, Removal):
+            item: tuple[str, ...] = (row.player_id, str(row.version), "0", "")
+        else:
+            reached_ms = int(row.reached_at.timestamp() * 1000)
+            item = (
+                row.player_id,
+                str(row.version),
+                str(keys.zscore(board.order, row.score)),
+                keys.member(board.ties, row.player_id, reached_ms),
+            )
+        grouped.setdefault((row.board_id, row.window, row.period), []).append(item)
+    if not grouped:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for (board_id, window, period), items in grouped.items():
+            key_args, argv = _set_args(boards[board_id], window, period, retention, items)
+            await script(keys=key_args, args=argv, client=pipe)
+        results = await pipe.execute()
+    return sum(int(n) for n in results)
+
+
+async def set_names(redis: Redis, names: Mapping[str, Mapping[str, str]]) -> None:
+    """Store display names: board_id -> {player_id: display_name}."""
+    if not names:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for board_id, by_player in names.items():
+            pipe.hset(keys.names_key(board_id), mapping=dict(by_player))
+        await pipe.execute()

@@ -1,0 +1,60 @@
+"""Leaderboard configuration routes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from litestar import Request, get, post
+from litestar.params import Parameter
+
+from service import boards
+from service.auth import authorize
+from service.models import BoardCreate, BoardId, BoardList, BoardView
+from service.problems import Problem
+from service.state import Services
+
+
+async def find_board(services: Services, board_id: str) -> boards.Board:
+    """The board, or a 404 problem naming it."""
+    try:
+        return await services.boards.get(board_id)
+    except boards.UnknownBoard:
+        raise Problem(404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="id")
+
+
+@post("/v1/leaderboards", tags=["leaderboards"], summary="Create a leaderboard (admin).")
+async def create_board(request: Request, services: Services, data: BoardCreate) -> BoardView:  # type: ignore[type-arg]
+    """Create a board; 409 if the id is taken."""
+    await authorize(services.keys, request.headers, "admin", services.settings.public_reads)
+    try:
+        board = await boards.create(services.pg, data)
+    except boards.BoardExists:
+        raise Problem(409, "Leaderboard exists", f"{data.id!r} exists already", field="id")
+    services.boards.put(board)
+    return await boards.view(services.pg, board, datetime.now(UTC))
+
+
+@get("/v1/leaderboards", tags=["leaderboards"], summary="Every leaderboard.")
+async def list_boards(request: Request, services: Services) -> BoardList:  # type: ignore[type-arg]
+    """Configuration, current periods and player counts of every board."""
+    await authorize(services.keys, request.headers, "reader", services.settings.public_reads)
+    await services.boards.reload()
+    now = datetime.now(UTC)
+    return BoardList(
+        [await boards.view(services.pg, b, now) for b in services.boards.boards.values()]
+    )
+
+
+@get("/v1/leaderboards/{board_id:str}", tags=["leaderboards"], summary="One leaderboard.")
+async def get_board(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    board_id: BoardId = Parameter(title="Leaderboard id"),
+) -> BoardView:
+    """Configuration, each window's current period with start and reset, player counts."""
+    await authorize(services.keys, request.headers, "reader", services.settings.public_reads)
+    board = await find_board(services, board_id)
+    return await boards.view(services.pg, board, datetime.now(UTC))
+
+
+ROUTES = [create_board, list_boards, get_board]

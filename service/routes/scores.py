@@ -1,0 +1,79 @@
+"""Score submission routes: validate, put on the stream, answer 202."""
+
+from __future__ import annotations
+
+from litestar import Request, Response, post
+from litestar.params import Parameter
+
+from service import scores, stream
+from service.auth import authorize
+from service.boards import UnknownBoard
+from service.models import Accepted, Applied, BatchAccepted, BoardId, ScoreBatch, ScoreSubmit
+from service.problems import Problem
+from service.state import Services
+
+RETRY_AFTER_S = "1"
+
+
+async def _accepting(request: Request, services: Services) -> str | None:  # type: ignore[type-arg]
+    await authorize(services.keys, request.headers, "client", services.settings.public_reads)
+    if await services.backlog.full():
+        raise Problem(
+            503,
+            "Ingestion backlog full",
+            "the submission stream is over its bound; retry shortly",
+            headers={"Retry-After": RETRY_AFTER_S},
+        )
+    request_id: str | None = request.headers.get("x-request-id")
+    return request_id
+
+
+@post(
+    "/v1/leaderboards/{board_id:str}/scores",
+    tags=["scores"],
+    summary="Submit a score.",
+    status_code=202,
+)
+async def submit_score(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    data: ScoreSubmit,
+    board_id: BoardId = Parameter(title="Leaderboard id"),
+    wait: bool = Parameter(
+        default=False, description="Answer once applied (200) or 202 after a timeout."
+    ),
+) -> Response[Accepted | Applied]:
+    """Accept one submission: 202 `{event_id}` once it is on the stream."""
+    request_id = await _accepting(request, services)
+    try:
+        event = await scores.prepare_one(services.boards, board_id, data, request_id, wait)
+    except UnknownBoard:
+        raise Problem(404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="board_id")
+    await stream.publish(services.redis, services.settings.stream_key, [event])
+    if wait:
+        timeout = services.settings.wait_timeout_ms / 1000
+        outcome = await stream.wait_notice(services.redis, event.event_id, timeout)
+        if outcome is not None:
+            return Response(outcome, status_code=200)
+    return Response(Accepted(event.event_id), status_code=202)
+
+
+@post("/v1/scores/batch", tags=["scores"], summary="Submit up to 500 scores.", status_code=202)
+async def submit_batch(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    data: ScoreBatch,
+) -> BatchAccepted:
+    """Accept a batch, validated all-or-nothing: one bad item and nothing is accepted."""
+    request_id = await _accepting(request, services)
+    try:
+        events = await scores.prepare_batch(services.boards, data.submissions, request_id)
+    except UnknownBoard as exc:
+        index = next(i for i, s in enumerate(data.submissions) if s.board_id == exc.board_id)
+        field = f"submissions[{index}].board_id"
+        raise Problem(404, "Unknown leaderboard", f"no leaderboard {exc.board_id!r}", field=field)
+    await stream.publish(services.redis, services.settings.stream_key, events)
+    return BatchAccepted([e.event_id for e in events])
+
+
+ROUTES = [submit_score, submit_batch]
