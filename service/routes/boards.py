@@ -19,7 +19,9 @@ async def find_board(services: Services, board_id: str) -> boards.Board:
     try:
         return await services.boards.get(board_id)
     except boards.UnknownBoard:
-        raise Problem(404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="id")
+        raise Problem(
+            404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="id"
+        ) from None
 
 
 @post("/v1/leaderboards", tags=["leaderboards"], summary="Create a leaderboard (admin).")
@@ -29,7 +31,9 @@ async def create_board(request: Request, services: Services, data: BoardCreate) 
     try:
         board = await boards.create(services.pg, data)
     except boards.BoardExists:
-        raise Problem(409, "Leaderboard exists", f"{data.id!r} exists already", field="id")
+        raise Problem(
+            409, "Leaderboard exists", f"{data.id!r} exists already", field="id"
+        ) from None
     services.boards.put(board)
     return await boards.view(services.pg, board, datetime.now(UTC))
 

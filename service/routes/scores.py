@@ -48,7 +48,9 @@ async def submit_score(
     try:
         event = await scores.prepare_one(services.boards, board_id, data, request_id, wait)
     except UnknownBoard:
-        raise Problem(404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="board_id")
+        raise Problem(
+            404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="board_id"
+        ) from None
     await stream.publish(services.redis, services.settings.stream_key, [event])
     if wait:
         timeout = services.settings.wait_timeout_ms / 1000
@@ -71,7 +73,9 @@ async def submit_batch(
     except UnknownBoard as exc:
         index = next(i for i, s in enumerate(data.submissions) if s.board_id == exc.board_id)
         field = f"submissions[{index}].board_id"
-        raise Problem(404, "Unknown leaderboard", f"no leaderboard {exc.board_id!r}", field=field)
+        raise Problem(
+            404, "Unknown leaderboard", f"no leaderboard {exc.board_id!r}", field=field
+        ) from None
     await stream.publish(services.redis, services.settings.stream_key, events)
     return BatchAccepted([e.event_id for e in events])
 
