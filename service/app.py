@@ -10,9 +10,9 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
-from service import problems
+from service import problems, stream
 from service.connections import pg_pool, redis_client
-from service.routes import boards, health, scores
+from service.routes import boards, health, rankings, scores
 from service.settings import Settings
 from service.state import Services
 
@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         services = Services.build(settings, redis_client(settings), await pg_pool(settings))
         app.state.services = services
+        await stream.ensure_group(services.redis, settings.stream_key, settings.consumer_group)
         try:
             yield
         finally:
@@ -35,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         return services
 
     return Litestar(
-        route_handlers=[*health.ROUTES, *boards.ROUTES, *scores.ROUTES],
+        route_handlers=[*health.ROUTES, *boards.ROUTES, *scores.ROUTES, *rankings.ROUTES],
         lifespan=[lifespan],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         plugins=[problems.plugin()],

@@ -208,3 +208,99 @@ class ScoreEvent(msgspec.Struct, frozen=True, array_like=True):
     metadata: bytes | None = None  # raw JSON object, stored as given
     request_id: str | None = None
     notify: bool = False  # a client waits for the outcome (`?wait=true`)
+
+
+# --- rankings (read API) --------------------------------------------------------------------
+
+Rank = Annotated[int, msgspec.Meta(ge=1, description="1-based rank.", examples=[3])]
+Total = Annotated[int, msgspec.Meta(ge=0, description="Ranked players in this period.")]
+PeriodId = Annotated[
+    str,
+    msgspec.Meta(description="The resolved period id.", examples=["all", "2026-W47"]),
+]
+Cursor = Annotated[
+    str,
+    msgspec.Meta(
+        description="Opaque: pass as `cursor` to get the next page; null on the last page.",
+        examples=["kwHSAAAAZKtwbGF5ZXI6NDI"],
+    ),
+]
+
+
+class RankedEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One ranked player."""
+
+    rank: Rank
+    player_id: Annotated[str, msgspec.Meta(examples=["player:42"])]
+    score: Annotated[int, msgspec.Meta(examples=[98_400])]
+    display_name: Annotated[str | None, msgspec.Meta(examples=["Ada"])] = None
+
+
+class TopPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of a leaderboard, best first (`GET /v1/leaderboards/{id}/top`)."""
+
+    window: Window
+    period: PeriodId
+    total: Total
+    entries: list[RankedEntry]
+    next_cursor: Cursor | None = None
+
+
+class PlayerRank(msgspec.Struct, frozen=True, kw_only=True):
+    """One player's standing (`GET /v1/leaderboards/{id}/players/{player_id}`)."""
+
+    player_id: Annotated[str, msgspec.Meta(examples=["player:42"])]
+    window: Window
+    period: PeriodId
+    rank: Rank
+    score: Annotated[int, msgspec.Meta(examples=[98_400])]
+    total: Total
+    percentile: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0,
+            le=100,
+            description="Share (%) of ranked players at this rank or worse: 100 for the leader.",
+            examples=[99.5],
+        ),
+    ]
+    display_name: Annotated[str | None, msgspec.Meta(examples=["Ada"])] = None
+
+
+class AroundPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A player and their neighbours (`GET .../players/{player_id}/around`)."""
+
+    player_id: Annotated[str, msgspec.Meta(examples=["player:42"])]
+    window: Window
+    period: PeriodId
+    total: Total
+    entries: list[RankedEntry]
+
+
+class RanksRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of `POST /v1/leaderboards/{id}/ranks`: the players of a friends board."""
+
+    player_ids: Annotated[
+        list[PlayerId],
+        msgspec.Meta(max_length=100, examples=[["player:42", "player:7", "player:9000"]]),
+    ]
+
+
+class RanksPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A friends board: the ranked players by rank, the unranked ones in `missing`."""
+
+    window: Window
+    period: PeriodId
+    total: Total
+    entries: list[RankedEntry]
+    missing: Annotated[list[str], msgspec.Meta(examples=[["player:9000"]])]
+
+
+class ProblemDetails(msgspec.Struct, frozen=True, kw_only=True):
+    """An RFC 9457 error answer (`application/problem+json`); for the OpenAPI document."""
+
+    title: Annotated[str, msgspec.Meta(examples=["Invalid request"])]
+    status: Annotated[int, msgspec.Meta(examples=[422])]
+    detail: Annotated[str, msgspec.Meta(examples=["limit: must be between 1 and 100"])]
+    field: Annotated[str | None, msgspec.Meta(examples=["limit"])] = None
+    type: str | None = None

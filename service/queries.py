@@ -90,3 +90,64 @@ SELECT board_id, window_name, period, player_id, score, version, reached_at
 FROM player_scores
 WHERE board_id = $1 AND window_name = $2 AND period = $3
 """
+
+# Current rows of given keys: what a redelivered batch re-applies to Redis, so a crash
+# between the commit and the Redis write can never leave a set behind Postgres.
+SELECT_ROWS_BY_KEYS = """
+SELECT s.board_id, s.window_name, s.period, s.player_id, s.score, s.version, s.reached_at
+FROM player_scores s
+JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k(b, w, p, pl)
+  ON s.board_id = k.b AND s.window_name = k.w AND s.period = k.p AND s.player_id = k.pl
+"""
+
+# --- rankings read from Postgres (service/pgranking.py) ------------------------------------
+# Past periods no longer in Redis, and the fallback when Redis is down or a set is missing.
+# The same order as the sorted sets: `stored` is the score negated on desc boards; `member`
+# is the sorted-set member (player_id, or `<reached_ms:015d>|<player_id>` for earliest
+# ties), compared bytewise (COLLATE "C") as Redis does. Ranks: rank() over the score for
+# shared ties (competition ranks), row_number() in member order for earliest ties.
+# $1 board, $2 window, $3 period, $4 sign (1 asc, -1 desc), $5 earliest ties.
+# Every query answers at least one row: `total`, and null columns when nothing matched.
+_RANKED = """
+WITH s AS (
+    SELECT ps.player_id, ps.score, ps.score * $4::bigint AS stored,
+           (CASE WHEN $5::boolean
+                 THEN lpad(floor(extract(epoch FROM ps.reached_at) * 1000)::bigint::text,
+                           15, '0') || '|' || ps.player_id
+                 ELSE ps.player_id END) COLLATE "C" AS member,
+           pl.display_name
+    FROM player_scores ps
+    LEFT JOIN players pl ON pl.player_id = ps.player_id
+    WHERE ps.board_id = $1 AND ps.window_name = $2 AND ps.period = $3
+      AND NOT coalesce(pl.banned, false)
+), ranked AS (
+    SELECT player_id, stored, member, display_name,
+           CASE WHEN $5::boolean THEN row_number() OVER in_order
+                ELSE rank() OVER (ORDER BY stored) END AS rank,
+           row_number() OVER in_order - 1 AS pos
+    FROM s
+    WINDOW in_order AS (ORDER BY stored, member)
+)
+SELECT t.total, p.player_id, p.stored, p.member, p.rank, p.pos, p.display_name
+FROM (SELECT count(*) AS total FROM s) AS t
+LEFT JOIN ({page}) AS p ON true
+ORDER BY p.pos
+"""
+
+# $6 offset, $7 limit
+PG_RANK_RANGE = _RANKED.format(page="SELECT * FROM ranked WHERE pos >= $6 ORDER BY pos LIMIT $7")
+
+# $6 stored score, $7 member of the exclusive position to continue after, $8 limit
+PG_RANK_AFTER = _RANKED.format(
+    page="""SELECT * FROM ranked WHERE (stored, member) > ($6::bigint, $7::text COLLATE "C")
+            ORDER BY pos LIMIT $8"""
+)
+
+# $6 player_id, $7 radius (0: the player only)
+PG_RANK_AROUND = _RANKED.format(
+    page="""SELECT ranked.* FROM ranked, (SELECT pos FROM ranked WHERE player_id = $6) AS me
+            WHERE ranked.pos BETWEEN me.pos - $7 AND me.pos + $7"""
+)
+
+# $6 player_ids
+PG_RANK_PLAYERS = _RANKED.format(page="SELECT * FROM ranked WHERE player_id = ANY($6::text[])")

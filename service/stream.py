@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import msgspec
+from redis import exceptions as redis_exceptions
 from redis.asyncio import Redis
 
 from service.models import Applied, ScoreEvent
@@ -35,6 +36,16 @@ async def publish(redis: Redis, stream_key: str, events: list[ScoreEvent]) -> No
         for event in events:
             pipe.xadd(stream_key, {FIELD: encode(event)})
         await pipe.execute()
+
+
+async def ensure_group(redis: Redis, stream_key: str, group: str) -> None:
+    """Create the consumer group at the stream's very start (making the stream) if missing,
+    so entries accepted before any consumer ran are read too."""
+    try:
+        await redis.xgroup_create(stream_key, group, id="0", mkstream=True)
+    except redis_exceptions.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
 
 
 class Backlog:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -130,8 +131,23 @@ def stop_stack(stack: Stack) -> None:
         embedded.stop(server)
 
 
+def check_api_port(settings: Settings) -> None:
+    """Fail before starting anything when the API's port is taken (granian would only panic)."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((settings.host, settings.port))
+        except OSError as exc:
+            raise embedded.EmbeddedError(
+                f"the API cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+                " (choose another port with --port or RANKSTREAM_PORT)"
+            ) from None
+
+
 def run(settings: Settings, consumers: bool = True) -> int:
     """Run everything until SIGINT/SIGTERM or a child dies; return an exit code."""
+    check_api_port(settings)
     stack = Stack(settings)
     stopping = False
 

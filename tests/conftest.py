@@ -24,7 +24,7 @@ from service.app import create_app
 from service.settings import Settings
 
 TEMPLATE_DB = "rankstream_template"
-ADMIN_KEY = "rs_test-admin-key"
+from tests.support import ADMIN_KEY
 _db_numbers = itertools.count(1)
 
 

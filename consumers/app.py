@@ -1,0 +1,255 @@
+"""The FastStream consumer app: batch reader, idle-entry claimer, stream upkeep.
+
+Two subscribers share the consumer group. The reader takes new entries in batches. The
+claimer (FastStream's `min_idle_time`, which only claims and never reads new entries)
+takes over entries left pending by a crashed or stuck consumer, one at a time, so a
+poison entry is isolated from its batch and dead-lettered after `max_deliveries`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import asyncpg
+import redis.exceptions
+import uvloop
+from faststream import Context, FastStream
+from faststream.message import StreamMessage
+from faststream.middlewares import AckPolicy
+from faststream.redis import RedisBroker, StreamSub
+from redis.asyncio import Redis
+
+from consumers import upkeep
+from consumers.dead_letters import dead_letter
+from consumers.pipeline import Entry, Pipeline
+from service import stream
+from service.connections import pg_pool, redis_client
+from service.settings import Settings
+from service.up import child_env
+
+log = logging.getLogger("rankstream.consumer")
+
+# Errors of a dependency, not of the batch: the batch is retried in place, not redelivered.
+TRANSIENT = (
+    OSError,
+    asyncio.TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
+MAX_BACKOFF_S = 2.0
+
+
+class Worker:
+    """One consumer process's state, shared by both subscribers."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        self.settings = settings
+        self.name = name
+        self.stopping = False
+        self.redis: Redis
+        self.pg: asyncpg.Pool
+        self.pipeline: Pipeline
+        self.upkeep_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Connect, and create the group at 0 so entries accepted before any consumer
+        existed are read too (FastStream would create it at `$`)."""
+        self.redis = redis_client(self.settings)
+        self.pg = await pg_pool(self.settings)
+        self.pipeline = Pipeline(self.settings, self.redis, self.pg)
+        await stream.ensure_group(
+            self.redis, self.settings.stream_key, self.settings.consumer_group
+        )
+        await upkeep.ensure_partitions(self.pg)
+
+    async def stop(self) -> None:
+        """Close connections (after the broker has drained the batch in hand)."""
+        if self.upkeep_task:
+            self.upkeep_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.upkeep_task
+        await self.pg.close()
+        await self.redis.aclose()
+
+    async def handle(self, entries: list[Entry], claimed: bool) -> None:
+        """Process a batch, retrying dependency failures in place, then acknowledge."""
+        if claimed:
+            entries = await self._drop_exhausted(entries)
+            if not entries:
+                return
+        backoff = 0.05
+        while True:
+            try:
+                outcome = await self.pipeline.process(entries)
+                if outcome.ack:
+                    await self.redis.xack(
+                        self.settings.stream_key, self.settings.consumer_group, *outcome.ack
+                    )
+                await dead_letter(
+                    self.settings, self.redis, self.pg, outcome.undecodable, "undecodable", 1
+                )
+                break
+            except TRANSIENT as exc:
+                if self.stopping:
+                    log.warning("stopping with %d entries unacknowledged: %s", len(entries), exc)
+                    return  # still pending: another consumer claims them
+                log.warning("dependency failure, retrying batch in %.2fs: %r", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                await self._keep_claimed(entries)
+        if outcome.unknown_board and claimed:
+            deliveries = await self._deliveries(outcome.unknown_board[0][0])
+            if deliveries >= self.settings.max_deliveries:
+                await dead_letter(
+                    self.settings,
+                    self.redis,
+                    self.pg,
+                    outcome.unknown_board,
+                    "unknown board",
+                    deliveries,
+                )
+
+    async def _drop_exhausted(self, entries: list[Entry]) -> list[Entry]:
+        """Dead-letter claimed entries delivered more often than allowed; return the rest."""
+        keep = []
+        for entry in entries:
+            deliveries = await self._deliveries(entry[0])
+            if deliveries > self.settings.max_deliveries:
+                reason = f"not processed after {deliveries - 1} deliveries"
+                await dead_letter(self.settings, self.redis, self.pg, [entry], reason, deliveries)
+            else:
+                keep.append(entry)
+        return keep
+
+    async def _deliveries(self, stream_id: bytes) -> int:
+        found = await self.redis.xpending_range(
+            self.settings.stream_key,
+            self.settings.consumer_group,
+            min=stream_id,
+            max=stream_id,
+            count=1,
+        )
+        return int(found[0]["times_delivered"]) if found else 0
+
+    async def _keep_claimed(self, entries: list[Entry]) -> None:
+        # Reset the idle time (JUSTID does not count a delivery) so the claimers of other
+        # consumers leave alone a batch this one is still retrying.
+        with contextlib.suppress(*TRANSIENT):
+            await self.redis.xclaim(
+                self.settings.stream_key,
+                self.settings.consumer_group,
+                self.name,
+                0,
+                [i for i, _ in entries],
+                justid=True,
+            )
+
+
+async def _raw(message: Any, _original: Any) -> StreamMessage[Any]:
+    # The pipeline decodes entries itself (msgpack, typed); skip FastStream's JSON parsing.
+    return StreamMessage(raw_message=message, body=b"")
+
+
+async def _no_decode(_message: StreamMessage[Any], _original: Any) -> None:
+    return None
+
+
+def _entries(message: StreamMessage[Any]) -> list[Entry]:
+    raw = message.raw_message
+    if isinstance(raw["data"], dict):  # the claimer's single entry
+        return [(raw["message_ids"][0], raw["data"])]
+    return list(zip(raw["message_ids"], raw["data"], strict=True))
+
+
+def consumer_name() -> str:
+    """Unique per process, stable for its lifetime."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def build(settings: Settings) -> FastStream:
+    """The FastStream application of one consumer process."""
+    broker = RedisBroker(
+        settings.redis_url,
+        graceful_timeout=30.0,
+        log_level=logging.DEBUG,  # per-message logs only when asked for
+    )
+    worker = Worker(settings, consumer_name())
+    reader = StreamSub(
+        settings.stream_key,
+        group=settings.consumer_group,
+        consumer=worker.name,
+        batch=True,
+        max_records=settings.batch_size,
+        polling_interval=settings.batch_block_ms,
+    )
+    claimer = StreamSub(
+        settings.stream_key,
+        group=settings.consumer_group,
+        consumer=worker.name + "-claimer",
+        min_idle_time=settings.claim_idle_ms,
+        polling_interval=settings.claim_interval_ms,
+    )
+
+    @broker.subscriber(stream=reader, parser=_raw, decoder=_no_decode, ack_policy=AckPolicy.MANUAL)
+    async def on_batch(body: Any, message: StreamMessage[Any] = Context()) -> None:
+        await worker.handle(_entries(message), claimed=False)
+
+    @broker.subscriber(stream=claimer, parser=_raw, decoder=_no_decode, ack_policy=AckPolicy.MANUAL)
+    async def on_claimed(body: Any, message: StreamMessage[Any] = Context()) -> None:
+        await worker.handle(_entries(message), claimed=True)
+
+    app = FastStream(broker)
+
+    @app.on_startup
+    async def connect() -> None:
+        await worker.start()
+
+    @app.after_startup
+    async def start_upkeep() -> None:
+        worker.upkeep_task = asyncio.create_task(upkeep.run(worker.redis, worker.pg, settings))
+        log.info("consumer %s reading %s", worker.name, settings.stream_key)
+
+    @app.on_shutdown
+    async def stopping() -> None:
+        worker.stopping = True
+
+    @app.after_shutdown
+    async def disconnect() -> None:
+        await worker.stop()
+
+    return app
+
+
+def run_workers(settings: Settings, workers: int = 1) -> int:
+    """Run one consumer in this process, or supervise `workers` child processes."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    if workers <= 1:
+        uvloop.run(build(settings).run())
+        return 0
+    cmd = [sys.executable, "-m", "service.cli", "consume", "--workers", "1"]
+    children = [subprocess.Popen(cmd, env=child_env(settings)) for _ in range(workers)]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return max(child.wait() for child in children)

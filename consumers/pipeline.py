@@ -1,0 +1,237 @@
+"""One batch of stream entries: Postgres transaction, then sorted sets, then acknowledgement.
+
+The order is what makes the guarantees hold: an entry is acknowledged only after the
+transaction recording it has committed and its rows are in Redis; event ids are claimed
+in Postgres so a redelivered event changes nothing twice; Redis receives absolute values
+read back from Postgres through the version guard, so any interleaving converges.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import asyncpg
+import msgspec
+from redis.asyncio import Redis
+
+from consumers.combine import Key, fold, keys_of
+from service import periods, queries, rankcache, stream
+from service.boards import BoardCache
+from service.models import Applied, Board, ScoreEvent
+from service.settings import Settings
+
+log = logging.getLogger("rankstream.consumer")
+
+Entry = tuple[bytes, dict[bytes, bytes]]  # stream id, fields
+
+
+@dataclass
+class Outcome:
+    """What became of a batch: ids to acknowledge and entries that are poison."""
+
+    ack: list[bytes] = field(default_factory=list)
+    undecodable: list[Entry] = field(default_factory=list)
+    unknown_board: list[Entry] = field(default_factory=list)
+    new_events: int = 0
+    duplicates: int = 0
+
+
+class Pipeline:
+    """Persists and applies batches; one per consumer process."""
+
+    def __init__(self, settings: Settings, redis: Redis, pg: asyncpg.Pool) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.pg = pg
+        self.boards = BoardCache(pg, settings.board_cache_ttl_s)
+        self.script = rankcache.apply_script(redis)
+
+    async def process(self, entries: list[Entry]) -> Outcome:
+        """Handle a batch. Infrastructure errors propagate: nothing is acknowledged then."""
+        outcome = Outcome()
+        events: list[ScoreEvent] = []
+        ids: list[bytes] = []
+        for entry in entries:
+            try:
+                event = stream.decode(entry[1])
+            except (KeyError, msgspec.DecodeError, msgspec.ValidationError):
+                outcome.undecodable.append(entry)
+                continue
+            if not await self._known(event.board_id):
+                outcome.unknown_board.append(entry)
+                continue
+            events.append(event)
+            ids.append(entry[0])
+        if events:
+            await self._persist_and_apply(events, outcome)
+        outcome.ack.extend(ids)
+        return outcome
+
+    async def _known(self, board_id: str) -> bool:
+        try:
+            await self.boards.get(board_id)
+        except Exception:
+            return False
+        return True
+
+    async def _persist_and_apply(self, events: list[ScoreEvent], outcome: Outcome) -> None:
+        boards = dict(self.boards.boards)
+        first: dict[str, ScoreEvent] = {}
+        for event in events:
+            first.setdefault(event.event_id, event)
+        unique = list(first.values())
+        async with self.pg.acquire() as conn, conn.transaction():
+            new_ids = await _claim(conn, unique)
+            new = [e for e in unique if e.event_id in new_ids]
+            old = [e for e in unique if e.event_id not in new_ids]
+            rows = await _record(conn, boards, new) if new else []
+            rows += await _read_back(conn, boards, old) if old else []
+        outcome.new_events, outcome.duplicates = len(new), len(events) - len(new)
+        waiting = [e for e in events if e.notify]
+        before = await self._ranks(boards, waiting)
+        await rankcache.apply_rows(
+            self.redis, self.script, boards, rows, self.settings.retention_periods
+        )
+        await rankcache.set_names(self.redis, _names(new))
+        if waiting:
+            await self._notify(boards, waiting, before)
+
+    async def _ranks(
+        self, boards: dict[str, Board], events: list[ScoreEvent]
+    ) -> dict[str, tuple[int | None, int | None]]:
+        from service import ranking
+
+        out: dict[str, tuple[int | None, int | None]] = {}
+        for event in events:
+            board = boards[event.board_id]
+            key = keys_of(board, event)[0]
+            found = await ranking.player_rank(self.redis, board, key[1], key[2], event.player_id)
+            out[event.event_id] = (found.rank, found.score) if found else (None, None)
+        return out
+
+    async def _notify(
+        self,
+        boards: dict[str, Board],
+        events: list[ScoreEvent],
+        before: dict[str, tuple[int | None, int | None]],
+    ) -> None:
+        after = await self._ranks(boards, events)
+        await stream.send_notice(
+            self.redis,
+            [
+                Applied(
+                    event_id=e.event_id,
+                    score=after[e.event_id][1],
+                    rank=after[e.event_id][0],
+                    previous_rank=before[e.event_id][0],
+                )
+                for e in events
+            ],
+        )
+
+
+async def _claim(conn: asyncpg.Connection, events: list[ScoreEvent]) -> set[str]:
+    rows = await conn.fetch(
+        queries.CLAIM_EVENT_IDS,
+        [e.event_id for e in events],
+        [e.board_id for e in events],
+        [_at(e) for e in events],
+    )
+    return {r["event_id"] for r in rows}
+
+
+def _at(event: ScoreEvent) -> datetime:
+    return periods.from_ms(event.accepted_ms)
+
+
+async def _record(
+    conn: asyncpg.Connection, boards: dict[str, Board], events: list[ScoreEvent]
+) -> list[rankcache.ScoreRow]:
+    """Insert new events, upsert their scores and players; return the changed rows."""
+    await conn.execute(
+        queries.INSERT_EVENTS,
+        [e.event_id for e in events],
+        [e.board_id for e in events],
+        [e.player_id for e in events],
+        [e.score for e in events],
+        [_at(e) for e in events],
+        [e.request_id for e in events],
+    )
+    banned = {
+        r["player_id"]
+        for r in await conn.fetch(queries.BANNED_AMONG, list({e.player_id for e in events}))
+    }
+    counted = [e for e in events if e.player_id not in banned]
+    groups: dict[tuple[str, str], list[tuple[Key, int, datetime]]] = defaultdict(list)
+    for key, pending in fold(boards, counted).items():
+        board = boards[key[0]]
+        groups[(board.operator, board.order)].append((key, pending.score, pending.reached_at))
+    changed: list[rankcache.ScoreRow] = []
+    for group, items in groups.items():
+        rows = await conn.fetch(
+            queries.UPSERT_SCORES[group],
+            [k[0] for k, _, _ in items],
+            [k[1] for k, _, _ in items],
+            [k[2] for k, _, _ in items],
+            [k[3] for k, _, _ in items],
+            [score for _, score, _ in items],
+            [at for _, _, at in items],
+        )
+        changed.extend(_rows(rows))
+    await _upsert_players(conn, events)
+    return changed
+
+
+async def _read_back(
+    conn: asyncpg.Connection, boards: dict[str, Board], events: list[ScoreEvent]
+) -> list[rankcache.ScoreRow]:
+    keys = {key for e in events for key in keys_of(boards[e.board_id], e)}
+    rows = await conn.fetch(
+        queries.SELECT_ROWS_BY_KEYS,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
+        [k[3] for k in keys],
+    )
+    return _rows(rows)
+
+
+def _rows(records: list[asyncpg.Record]) -> list[rankcache.ScoreRow]:
+    return [
+        rankcache.ScoreRow(
+            board_id=r["board_id"],
+            window=r["window_name"],
+            period=r["period"],
+            player_id=r["player_id"],
+            score=r["score"],
+            version=r["version"],
+            reached_at=r["reached_at"],
+        )
+        for r in records
+    ]
+
+
+async def _upsert_players(conn: asyncpg.Connection, events: list[ScoreEvent]) -> None:
+    latest: dict[str, ScoreEvent] = {}
+    for event in events:
+        if event.display_name is not None or event.metadata is not None:
+            latest[event.player_id] = event
+    if not latest:
+        return
+    await conn.execute(
+        queries.UPSERT_PLAYERS,
+        list(latest),
+        [e.display_name for e in latest.values()],
+        [msgspec.json.decode(e.metadata) if e.metadata else None for e in latest.values()],
+    )
+
+
+def _names(events: list[ScoreEvent]) -> dict[str, dict[str, str]]:
+    names: dict[str, dict[str, str]] = defaultdict(dict)
+    for event in events:
+        if event.display_name is not None:
+            names[event.board_id][event.player_id] = event.display_name
+    return names

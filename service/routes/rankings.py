@@ -1,0 +1,335 @@
+"""Ranking reads: top pages, a player's rank, around-me and friends boards.
+
+Answers come from the Redis sorted set when it exists. A missing set of the current period
+on a board Redis knows (its revision counter exists) simply has no players: the answer is
+empty. Any other missing set (a past period that expired, Redis restarted empty) and a
+Redis that cannot be reached are answered from Postgres, with `X-Rankstream-Source:
+postgres`. GETs carry a weak ETag made of the board's revision counter and the request,
+honour `If-None-Match` with 304, and send a short `Cache-Control`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import ResponseHeader
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
+from litestar.params import Parameter
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service import periods, pgranking, ranking
+from service.auth import authorize
+from service.models import (
+    AroundPage,
+    Board,
+    BoardId,
+    PlayerId,
+    PlayerRank,
+    ProblemDetails,
+    RanksPage,
+    RanksRequest,
+    TopPage,
+    Window,
+)
+from service.problems import Problem, invalid
+from service.routes.boards import find_board
+from service.state import Services
+
+T = TypeVar("T")
+SOURCE_HEADER = "X-Rankstream-Source"
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+
+_HEADERS = [
+    ResponseHeader(
+        name="ETag",
+        description="Weak validator from the board's revision counter and the request.",
+        documentation_only=True,
+    ),
+    ResponseHeader(
+        name="Cache-Control", description="public, max-age=<seconds>", documentation_only=True
+    ),
+    ResponseHeader(
+        name=SOURCE_HEADER,
+        description="`redis`, or `postgres` when the answer was read from Postgres.",
+        documentation_only=True,
+    ),
+]
+
+
+def _problem_spec(description: str, example: dict[str, Any]) -> ResponseSpec:
+    return ResponseSpec(
+        data_container=ProblemDetails,
+        description=description,
+        media_type="application/problem+json",
+        examples=[Example(summary=description, value=example)],
+    )
+
+
+_UNKNOWN_BOARD = _problem_spec(
+    "Unknown leaderboard, or the player is unranked",
+    {"title": "Player not ranked", "status": 404, "detail": "...", "field": "player_id"},
+)
+_INVALID = _problem_spec(
+    "A parameter is invalid; `field` names it",
+    {"title": "Invalid request", "status": 422, "detail": "limit: ...", "field": "limit"},
+)
+_NOT_MODIFIED = ResponseSpec(data_container=None, description="Not modified (If-None-Match).")
+_GET_RESPONSES = {304: _NOT_MODIFIED, 404: _UNKNOWN_BOARD, 422: _INVALID}
+
+WINDOW_PARAM = Parameter(
+    default=None,
+    description="`all`, `daily`, `weekly` or `monthly`; default: the board's first window.",
+)
+PERIOD_PARAM = Parameter(
+    default="current",
+    description="`current`, `previous`, or a period id of the window "
+    "(`all`, `2026-11-22`, `2026-W47`, `2026-11`).",
+)
+
+
+class Target:
+    """The board, window and period a read is about."""
+
+    def __init__(self, board: Board, window: Window, period: str, current: str) -> None:
+        self.board = board
+        self.window = window
+        self.period = period
+        self.is_current = period == current
+
+
+async def _target(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    board_id: str,
+    window: str | None,
+    period: str,
+) -> Target:
+    await authorize(services.keys, request.headers, "reader", services.settings.public_reads)
+    board = await find_board(services, board_id)
+    if window is None:
+        chosen = board.windows[0]
+    else:
+        found = next((w for w in board.windows if w == window), None)
+        if found is None:
+            raise invalid("window", f"must be one of {', '.join(board.windows)} on this board")
+        chosen = found
+    now = datetime.now(UTC)
+    try:
+        resolved = periods.resolve(chosen, period, now)
+    except ValueError as exc:
+        raise invalid("period", str(exc)) from None
+    return Target(board, chosen, resolved, periods.period_id(chosen, now))
+
+
+async def _read(
+    services: Services,
+    target: Target,
+    from_redis: Callable[[ranking.ReadMeta], Awaitable[T]],
+    from_pg: Callable[[], Awaitable[T]],
+    empty: Callable[[], T],
+) -> tuple[T, str, int | None]:
+    """The answer, where it came from, and the board's revision (None: unknown)."""
+    meta = ranking.ReadMeta()
+    try:
+        return await from_redis(meta), "redis", meta.revision
+    except ranking.SetMissing as missing:
+        if target.is_current and missing.revision is not None:
+            return empty(), "redis", missing.revision
+        return await from_pg(), "postgres", missing.revision
+    except _REDIS_DOWN:
+        return await from_pg(), "postgres", None
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    wanted = etag.removeprefix("W/")
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == wanted:
+            return True
+    return False
+
+
+def _respond(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    target: Target,
+    answer: Any,
+    source: str,
+    revision: int | None,
+) -> Response[Any]:
+    headers = {
+        "Cache-Control": f"public, max-age={services.settings.cache_max_age}",
+        SOURCE_HEADER: source,
+    }
+    if revision is not None and request.method == "GET":
+        what = f"{request.url.path}?{request.url.query}|{target.window}|{target.period}|{source}"
+        digest = hashlib.blake2b(what.encode(), digest_size=8).hexdigest()
+        etag = f'W/"{revision}-{digest}"'
+        headers["ETag"] = etag
+        if _matches(request.headers.get("if-none-match"), etag):
+            return Response(content=None, status_code=304, headers=headers)
+    return Response(content=answer, headers=headers)
+
+
+def _unranked(player_id: str, source: str) -> Problem:
+    return Problem(
+        404,
+        "Player not ranked",
+        f"{player_id!r} has no score in this period",
+        field="player_id",
+        headers={SOURCE_HEADER: source},
+    )
+
+
+@get(
+    "/v1/leaderboards/{board_id:str}/top",
+    tags=["rankings"],
+    summary="A page of the leaderboard, best first.",
+    response_headers=_HEADERS,
+    responses=_GET_RESPONSES,
+)
+async def top(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    board_id: BoardId = Parameter(title="Leaderboard id"),
+    window: Window | None = WINDOW_PARAM,
+    period: str = PERIOD_PARAM,
+    limit: int = Parameter(default=10, ge=1, le=100, description="Entries per page (1-100)."),
+    offset: int = Parameter(default=0, ge=0, description="Entries to skip (not with cursor)."),
+    cursor: str | None = Parameter(
+        default=None,
+        description="`next_cursor` of the previous page: continues after its last entry, "
+        "so a player who did not move is never repeated or skipped.",
+    ),
+) -> Response[TopPage]:
+    """`total`, `entries` ({rank, player_id, score, display_name}) and `next_cursor`.
+
+    Ties: competition ranks (1, 2, 2, 4) listed by player_id on `shared` boards; unique
+    ranks, earliest first, on `earliest` boards.
+    """
+    target = await _target(request, services, board_id, window, period)
+    if cursor is not None:
+        if offset:
+            raise invalid("cursor", "cannot be combined with offset")
+        try:
+            ranking.decode_cursor(cursor)
+        except ranking.BadCursor as exc:
+            raise invalid("cursor", str(exc)) from None
+    board, win, per = target.board, target.window, target.period
+
+    answer, source, revision = await _read(
+        services,
+        target,
+        lambda meta: ranking.top(services.redis, board, win, per, limit, offset, cursor, meta=meta),
+        lambda: pgranking.top(services.pg, board, win, per, limit, offset, cursor),
+        lambda: TopPage(window=win, period=per, total=0, entries=[], next_cursor=None),
+    )
+    return _respond(request, services, target, answer, source, revision)
+
+
+@get(
+    "/v1/leaderboards/{board_id:str}/players/{player_id:str}",
+    tags=["rankings"],
+    summary="One player's rank, score and percentile.",
+    response_headers=_HEADERS,
+    responses=_GET_RESPONSES,
+)
+async def player(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    board_id: BoardId = Parameter(title="Leaderboard id"),
+    player_id: PlayerId = Parameter(title="Player id"),
+    window: Window | None = WINDOW_PARAM,
+    period: str = PERIOD_PARAM,
+) -> Response[PlayerRank]:
+    """`{rank, score, total, percentile}`; 404 problem when the player is unranked."""
+    target = await _target(request, services, board_id, window, period)
+    board, win, per = target.board, target.window, target.period
+    answer, source, revision = await _read(
+        services,
+        target,
+        lambda meta: ranking.player_rank(
+            services.redis, board, win, per, player_id, strict=True, meta=meta
+        ),
+        lambda: pgranking.player_rank(services.pg, board, win, per, player_id),
+        lambda: None,
+    )
+    if answer is None:
+        raise _unranked(player_id, source)
+    return _respond(request, services, target, answer, source, revision)
+
+
+@get(
+    "/v1/leaderboards/{board_id:str}/players/{player_id:str}/around",
+    tags=["rankings"],
+    summary="A player and their neighbours.",
+    response_headers=_HEADERS,
+    responses=_GET_RESPONSES,
+)
+async def around(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    board_id: BoardId = Parameter(title="Leaderboard id"),
+    player_id: PlayerId = Parameter(title="Player id"),
+    window: Window | None = WINDOW_PARAM,
+    period: str = PERIOD_PARAM,
+    radius: int = Parameter(
+        default=5, ge=0, le=50, description="Entries either side (0-50), clipped at the ends."
+    ),
+) -> Response[AroundPage]:
+    """The player and up to `radius` entries either side; 404 when the player is unranked."""
+    target = await _target(request, services, board_id, window, period)
+    board, win, per = target.board, target.window, target.period
+    answer, source, revision = await _read(
+        services,
+        target,
+        lambda meta: ranking.around(services.redis, board, win, per, player_id, radius, meta=meta),
+        lambda: pgranking.around(services.pg, board, win, per, player_id, radius),
+        lambda: None,
+    )
+    if answer is None:
+        raise _unranked(player_id, source)
+    return _respond(request, services, target, answer, source, revision)
+
+
+@post(
+    "/v1/leaderboards/{board_id:str}/ranks",
+    tags=["rankings"],
+    summary="Ranks of up to 100 players (friends board).",
+    status_code=200,
+    response_headers=_HEADERS,
+    responses={404: _UNKNOWN_BOARD, 422: _INVALID},
+)
+async def ranks(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    data: RanksRequest,
+    board_id: BoardId = Parameter(title="Leaderboard id"),
+    window: Window | None = WINDOW_PARAM,
+    period: str = PERIOD_PARAM,
+) -> Response[RanksPage]:
+    """The ranked players among `player_ids` by rank; unranked ones in `missing`."""
+    target = await _target(request, services, board_id, window, period)
+    board, win, per = target.board, target.window, target.period
+    ids = data.player_ids
+    answer, source, revision = await _read(
+        services,
+        target,
+        lambda meta: ranking.ranks_of(services.redis, board, win, per, ids, meta=meta),
+        lambda: pgranking.ranks_of(services.pg, board, win, per, ids),
+        lambda: RanksPage(
+            window=win, period=per, total=0, entries=[], missing=list(dict.fromkeys(ids))
+        ),
+    )
+    return _respond(request, services, target, answer, source, revision)
+
+
+ROUTES = [top, player, around, ranks]
