@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,7 +167,7 @@ def _unprivileged_prefix(folder: Path) -> tuple[list[str], int | None]:
     return [], nobody.pw_uid
 
 
-def _as_user(uid: int | None) -> object:
+def _as_user(uid: int | None) -> Callable[[], None] | None:
     if uid is None:
         return None
 
@@ -260,7 +261,7 @@ def ensure_postgres(data_dir: Path, port: int = 0, fsync: bool = True) -> Runnin
         init = subprocess.run(
             [*prefix, str(bin_dir / "initdb"), "-D", str(pgdata), "-U", "postgres",
              "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"],
-            capture_output=True, preexec_fn=demote,  # type: ignore[arg-type]
+            capture_output=True, preexec_fn=demote,
         )  # fmt: skip
         if init.returncode != 0:
             raise EmbeddedError(f"initdb failed: {init.stderr.decode(errors='replace')}")
@@ -279,7 +280,7 @@ def ensure_postgres(data_dir: Path, port: int = 0, fsync: bool = True) -> Runnin
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=demote,  # type: ignore[arg-type]
+            preexec_fn=demote,
         )
     isready = [str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)]
     _wait_until(lambda: subprocess.run(isready).returncode == 0, proc, log, "embedded PostgreSQL")

@@ -103,9 +103,10 @@ async def apply_rows(
 
 async def set_names(redis: Redis, names: Mapping[str, Mapping[str, str]]) -> None:
     """Store display names: board_id -> {player_id: display_name}."""
+    names = {board: by_player for board, by_player in names.items() if by_player}
     if not names:
         return
     async with redis.pipeline(transaction=False) as pipe:
         for board_id, by_player in names.items():
-            pipe.hset(keys.names_key(board_id), mapping=dict(by_player))
+            pipe.hset(keys.names_key(board_id), mapping=dict(by_player))  # type: ignore[arg-type]
         await pipe.execute()

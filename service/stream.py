@@ -93,4 +93,6 @@ async def wait_notice(redis: Redis, event_id: str, timeout_s: float) -> Applied 
     if got is None:
         return None
     await redis.delete(notice_key(event_id))
-    return _applied_decoder.decode(got[1])
+    payload = got[1]
+    assert isinstance(payload, bytes)
+    return _applied_decoder.decode(payload)

@@ -22,9 +22,10 @@ from redis.asyncio import Redis
 from service import embedded, migrations
 from service.app import create_app
 from service.settings import Settings
+from tests.support import ADMIN_KEY
 
 TEMPLATE_DB = "rankstream_template"
-from tests.support import ADMIN_KEY
+
 _db_numbers = itertools.count(1)
 
 
@@ -125,8 +126,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """Environment that makes a child process see exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RANKSTREAM_")}
     for name, value in msgspec.structs.asdict(settings).items():
-        env["RANKSTREAM_" + name.upper()] = str(value).lower() if isinstance(value, bool) else str(
-            value
+        env["RANKSTREAM_" + name.upper()] = (
+            str(value).lower() if isinstance(value, bool) else str(value)
         )
     return env
 

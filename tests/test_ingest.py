@@ -7,12 +7,13 @@ import signal
 from typing import Any
 
 import asyncpg
-from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from service import periods, stream
+from service import stream
 from service.models import ScoreEvent
 from service.settings import Settings
 from tests.support import ADMIN, Model, drained, pg_set, redis_order, redis_set
@@ -283,8 +284,9 @@ async def test_wait_true_answers_with_the_new_and_previous_rank(
     await make_board(client, "live")
     spawn("consume")
     for player, score in (("a", 50), ("b", 40), ("c", 30)):
-        answer = await client.post("/v1/leaderboards/live/scores?wait=true",
-                                   json={"player_id": player, "score": score}, headers=ADMIN)  # fmt: skip
+        body = {"player_id": player, "score": score}
+        answer = await client.post("/v1/leaderboards/live/scores?wait=true", json=body,
+                                   headers=ADMIN)  # fmt: skip
         assert answer.status_code == 200, answer.text
     answer = await client.post("/v1/leaderboards/live/scores?wait=true",
                                json={"player_id": "c", "score": 45}, headers=ADMIN)  # fmt: skip

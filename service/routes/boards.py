@@ -9,12 +9,12 @@ from litestar.params import Parameter
 
 from service import boards
 from service.auth import authorize
-from service.models import BoardCreate, BoardId, BoardList, BoardView
+from service.models import Board, BoardCreate, BoardId, BoardList, BoardView
 from service.problems import Problem
 from service.state import Services
 
 
-async def find_board(services: Services, board_id: str) -> boards.Board:
+async def find_board(services: Services, board_id: str) -> Board:
     """The board, or a 404 problem naming it."""
     try:
         return await services.boards.get(board_id)
