@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.plugins.problem_details import (
@@ -17,7 +18,8 @@ from litestar.plugins.problem_details import (
 from service.models import InvalidField
 
 log = logging.getLogger("rankstream.api")
-_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
+T = TypeVar("T")
 
 
 class Problem(ProblemDetailsException):
@@ -58,9 +60,32 @@ def invalid(field: str, message: str, status: int = 422) -> Problem:
 
 def _field_of(item: dict[str, Any]) -> str:
     message = str(item.get("message", ""))
-    if match := _UNKNOWN_FIELD.search(message):
+    if match := _NAMED_FIELD.search(message):
         return match.group(1)  # Litestar names the body `data`; the client wants the key
     return str(item.get("key") or item.get("source") or "body")
+
+
+def field_path(message: str) -> tuple[str, str]:
+    """(field, message) of a msgspec error like "Expected `int`, got `str` - at `$.score`"."""
+    text, _, where = message.partition(" - at `$")
+    path = where.rstrip("`").lstrip(".")
+    if match := _NAMED_FIELD.search(text):
+        path = f"{path}.{match.group(1)}" if path else match.group(1)
+    return path or "body", text
+
+
+def decode_body(raw: bytes, type_: type[T]) -> T:
+    """Decode a JSON body strictly: "10" is not 10 and 2.0 is not 2.
+
+    Litestar converts bodies leniently, so handlers that take numbers from clients decode
+    the raw bytes again with msgspec's strict rules."""
+    try:
+        return msgspec.json.decode(raw, type=type_)
+    except msgspec.ValidationError as exc:
+        field, message = field_path(str(exc))
+        raise invalid(field, message) from None
+    except msgspec.DecodeError as exc:
+        raise Problem(400, "Malformed JSON", str(exc), field="body") from None
 
 
 def _from_validation(exc: ValidationException) -> ProblemDetailsException:

@@ -10,7 +10,7 @@ from litestar.params import Parameter
 from service import boards
 from service.auth import authorize
 from service.models import Board, BoardCreate, BoardId, BoardList, BoardView
-from service.problems import Problem
+from service.problems import Problem, decode_body
 from service.state import Services
 
 
@@ -27,6 +27,7 @@ async def find_board(services: Services, board_id: str) -> Board:
 @post("/v1/leaderboards", tags=["leaderboards"], summary="Create a leaderboard (admin).")
 async def create_board(request: Request, services: Services, data: BoardCreate) -> BoardView:  # type: ignore[type-arg]
     """Create a board; 409 if the id is taken."""
+    data = decode_body(await request.body(), BoardCreate)  # strict: `data` above only documents it
     await authorize(services.keys, request.headers, "admin", services.settings.public_reads)
     try:
         board = await boards.create(services.pg, data)

@@ -9,7 +9,7 @@ from service import scores, stream
 from service.auth import authorize
 from service.boards import UnknownBoard
 from service.models import Accepted, Applied, BatchAccepted, BoardId, ScoreBatch, ScoreSubmit
-from service.problems import Problem
+from service.problems import Problem, decode_body
 from service.state import Services
 
 RETRY_AFTER_S = "1"
@@ -44,6 +44,7 @@ async def submit_score(
     ),
 ) -> Response[Accepted | Applied]:
     """Accept one submission: 202 `{event_id}` once it is on the stream."""
+    data = decode_body(await request.body(), ScoreSubmit)  # strict: `data` above only documents it
     request_id = await _accepting(request, services)
     try:
         event = await scores.prepare_one(services.boards, board_id, data, request_id, wait)
@@ -67,6 +68,7 @@ async def submit_batch(
     data: ScoreBatch,
 ) -> BatchAccepted:
     """Accept a batch, validated all-or-nothing: one bad item and nothing is accepted."""
+    data = decode_body(await request.body(), ScoreBatch)  # strict: `data` above only documents it
     request_id = await _accepting(request, services)
     try:
         events = await scores.prepare_batch(services.boards, data.submissions, request_id)
