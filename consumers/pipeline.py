@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from consumers.combine import Key, fold, keys_of
 from service import periods, queries, rankcache, stream
-from service.boards import BoardCache
+from service.boards import BoardCache, UnknownBoard
 from service.models import Applied, Board, ScoreEvent
 from service.settings import Settings
 
@@ -73,8 +73,8 @@ class Pipeline:
     async def _known(self, board_id: str) -> bool:
         try:
             await self.boards.get(board_id)
-        except Exception:
-            return False
+        except UnknownBoard:
+            return False  # a database failure propagates instead: that batch is retried
         return True
 
     async def _persist_and_apply(self, events: list[ScoreEvent], outcome: Outcome) -> None:
