@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncpg
 import msgspec
+from redis import exceptions as redis_exceptions
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from service.settings import Settings
 
@@ -17,6 +20,9 @@ def redis_client(settings: Settings, url: str | None = None) -> Redis:
         timeout=settings.redis_pool_timeout_s,
         socket_connect_timeout=2.0,
         health_check_interval=30,
+        # A restarted Redis closes every pooled connection: retry on a fresh one.
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.01), 3),
+        retry_on_error=[redis_exceptions.ConnectionError, redis_exceptions.TimeoutError],
     )
     return Redis(connection_pool=pool)
 

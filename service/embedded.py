@@ -104,6 +104,9 @@ def _port_open(port: int) -> bool:
 
 def _free_port(wanted: int) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers themselves bind: a port whose old connections linger in TIME_WAIT
+        # after a restart is free; one with a listener is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", wanted))
         except OSError:

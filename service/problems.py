@@ -6,6 +6,7 @@ import logging
 import re
 from typing import Any, TypeVar
 
+import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -14,6 +15,7 @@ from litestar.plugins.problem_details import (
     ProblemDetailsException,
     ProblemDetailsPlugin,
 )
+from redis import exceptions as redis_exceptions
 
 from service.models import InvalidField
 
@@ -117,8 +119,33 @@ def _from_http(exc: HTTPException) -> ProblemDetailsException:
     )
 
 
+# A dependency that is down or restarting: the client should retry, not report a bug.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis_exceptions.ConnectionError,
+    redis_exceptions.TimeoutError,
+    redis_exceptions.BusyLoadingError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
 def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """Any unexpected error: logged with its trace, answered without one."""
+    """Any unexpected error: logged with its trace, answered without one.
+
+    Redis or PostgreSQL being unreachable is not unexpected: 503 with Retry-After."""
+    if isinstance(exc, UNAVAILABLE):
+        log.warning("dependency unavailable on %s %s: %r", request.method, request.url.path, exc)
+        problem = Problem(
+            503,
+            "Service unavailable",
+            "a storage dependency is unreachable; retry shortly",
+            headers={"Retry-After": "1"},
+        )
+        return problem.to_response(request)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return Problem(500, "Internal server error", "The server failed to answer.").to_response(
         request

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError
 
 from service import keys, periods
 from service.models import MAX_SAFE
@@ -54,8 +55,13 @@ class Model:
 async def drained(redis: Redis, settings: Settings, timeout: float = 30.0) -> None:
     """Wait until every stream entry was read and acknowledged by the group."""
     deadline = time.monotonic() + timeout
+    groups: list[Any] = []
     while time.monotonic() < deadline:
-        groups = await redis.xinfo_groups(settings.stream_key)
+        try:
+            groups = await redis.xinfo_groups(settings.stream_key)
+        except ConnectionError:  # redis-py's: a restarted server closed the connection
+            await asyncio.sleep(0.05)
+            continue
         group = next((g for g in groups if g["name"] == settings.consumer_group.encode()), None)
         if group is not None and group["pending"] == 0 and group["lag"] == 0:
             return
