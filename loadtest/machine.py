@@ -1,0 +1,135 @@
+"""What the figures were measured on: hardware, software versions, and how busy it was."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from importlib import metadata
+from typing import Any
+
+PACKAGES = (
+    "redis",
+    "hiredis",
+    "litestar",
+    "granian",
+    "asyncpg",
+    "faststream",
+    "msgspec",
+    "uvloop",
+    "httpx",
+)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _mem_total_mib() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return None
+
+
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages."""
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(x) for x in f.read().split()[:3]]
+    except OSError:
+        return list(os.getloadavg())
+
+
+def busy_processes(limit: int = 5) -> list[str]:
+    """The processes using the most CPU right now (ps's lifetime %CPU), for context."""
+    try:
+        out = subprocess.run(
+            ["ps", "-eo", "pid,pcpu,etimes,comm", "--sort=-pcpu", "--no-headers"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [" ".join(line.split()) for line in out.splitlines()[:limit]]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def wrk_version() -> str | None:
+    """`wrk -v`'s first line, if wrk is installed."""
+    path = shutil.which("wrk")
+    if not path:
+        return None
+    done = subprocess.run([path, "-v"], capture_output=True, text=True)
+    text = (done.stdout or done.stderr).strip().splitlines()
+    return text[0] if text else None
+
+
+def describe() -> dict[str, Any]:
+    """The machine and software the run used."""
+    return {
+        "hostname": socket.gethostname(),
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_mib": _mem_total_mib(),
+        "kernel": platform.release(),
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "packages": {name: _version(name) for name in PACKAGES},
+    }
+
+
+class LoadSampler:
+    """Samples /proc/loadavg every `interval_s` in a thread while a run is under way."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._t0 = time.monotonic()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((round(time.monotonic() - self._t0, 1), loadavg()[0]))
+            self._stop.wait(self.interval_s)
+
+    def start(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        """Stop sampling; the 1-minute load average's max and mean during the run."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        values = [v for _, v in self.samples]
+        return {
+            "samples": len(values),
+            "max_1min": max(values) if values else None,
+            "mean_1min": round(sum(values) / len(values), 2) if values else None,
+            "at_end": loadavg(),
+        }

@@ -1,0 +1,293 @@
+"""`reads`: top-10, player rank and around-me on a board of N ranked players.
+
+The players are loaded the fast way but as real data: `player_scores` rows (version 1)
+with asyncpg's COPY, display names in `players`, and the Redis side through the very
+apply script the consumer uses (`service.rankcache.apply_rows`, in chunks), so the set,
+its versions hash, the names hash and the revision counter are exactly what ingestion
+would have left. Then the API runs under granian (1 worker, then 2) and wrk drives each
+read with 64 connections and 2 threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from loadtest import machine, profiling, pyclient, results, wrk
+from loadtest.stack import BOARD_ID, Harness
+from loadtest.stats import figure
+from service import keys, rankcache
+from service.models import Board
+
+PREFIX = "player-"
+SCENARIOS = {
+    # kind: (label, query, target req/s, target p99 ms)
+    "top": ("top-10", "?limit=10", 10_000, 20.0),
+    "rank": ("player rank", "", 6_000, 25.0),
+    "around": ("around-me radius 5", "?radius=5", 5_000, 30.0),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--players", type=int, default=1_000_000, help="ranked players (1000000)")
+    p.add_argument("--duration", type=int, default=15, help="seconds per scenario (15)")
+    p.add_argument("--warmup", type=int, default=2, help="unmeasured seconds first (2)")
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--workers", default="1,2", help="granian worker counts to try, comma-separated (1,2)"
+    )
+    p.add_argument("--scenarios", default="top,rank,around", help="top,rank,around")
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="after the measured runs, py-spy the 1-worker API for SECONDS per scenario",
+    )
+    p.add_argument("--python-client", action="store_true", help="use the Python client, not wrk")
+    p.add_argument(
+        "--rate-limits",
+        choices=["off", "high"],
+        default="off",
+        help="API rate limits: off (default) or on with out-of-reach limits",
+    )
+    p.add_argument("--no-fsync", action="store_true", help="embedded PostgreSQL with fsync=off")
+    p.add_argument("--keep-data", action="store_true")
+    p.add_argument("--seed", type=int, default=1)
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+async def load_players(harness: Harness, board: Board, n: int, seed: int) -> dict[str, Any]:
+    """N ranked players in Postgres (COPY) and in the Redis set (apply script, in chunks)."""
+    rng = random.Random(seed)
+    scores = [rng.randrange(100_000_000) for _ in range(n)]
+    now = datetime.now(UTC)
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    conn = await harness.pg()
+    try:
+        await conn.copy_records_to_table(
+            "player_scores",
+            records=(
+                (BOARD_ID, "all", "all", f"{PREFIX}{i}", scores[i], 1, now, now) for i in range(n)
+            ),
+            columns=[
+                "board_id", "window_name", "period", "player_id",
+                "score", "version", "reached_at", "updated_at",
+            ],
+        )  # fmt: skip
+        await conn.copy_records_to_table(
+            "players",
+            records=((f"{PREFIX}{i}", f"Player {i}") for i in range(n)),
+            columns=["player_id", "display_name"],
+        )
+        await conn.execute("ANALYZE player_scores; ANALYZE players")
+    finally:
+        await conn.close()
+    timings["postgres_copy_s"] = round(time.perf_counter() - t0, 2)
+
+    t0 = time.perf_counter()
+    redis = Redis.from_url(harness.settings.redis_url)
+    try:
+        script = rankcache.apply_script(redis)
+        boards = {board.id: board}
+        chunk = 20_000
+        applied = 0
+        for start in range(0, n, chunk):
+            rows = [
+                rankcache.ScoreRow(BOARD_ID, "all", "all", f"{PREFIX}{i}", scores[i], 1, now)
+                for i in range(start, min(n, start + chunk))
+            ]
+            applied += await rankcache.apply_rows(redis, script, boards, rows, 2)
+            await rankcache.set_names(
+                redis,
+                {
+                    BOARD_ID: {
+                        f"{PREFIX}{i}": f"Player {i}" for i in range(start, start + len(rows))
+                    }
+                },
+            )
+        timings["redis_apply_s"] = round(time.perf_counter() - t0, 2)
+        zcard = await redis.zcard(keys.set_key(BOARD_ID, "all", "all"))
+        memory = (await redis.info("memory")).get("used_memory_human")
+    finally:
+        await redis.aclose()
+    return {"players": n, "applied": applied, "zcard": zcard, "redis_memory": memory, **timings}
+
+
+def _get(url: str) -> tuple[int, dict[str, str], Any]:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return answer.status, dict(answer.headers), msgspec.json.decode(answer.read())
+
+
+def sanity(base: str, n: int) -> dict[str, Any]:
+    """One request of each kind: served from Redis, with the expected totals."""
+    status, headers, top = _get(f"{base}/v1/leaderboards/{BOARD_ID}/top?limit=10")
+    pid = f"{PREFIX}{n // 2}"
+    _, _, rank = _get(f"{base}/v1/leaderboards/{BOARD_ID}/players/{pid}")
+    _, _, around = _get(f"{base}/v1/leaderboards/{BOARD_ID}/players/{pid}/around?radius=5")
+    ok = (
+        status == 200
+        and headers.get("X-Rankstream-Source", headers.get("x-rankstream-source")) == "redis"
+        and top["total"] == n
+        and len(top["entries"]) == min(10, n)
+        and rank["player_id"] == pid
+        and len(around["entries"]) == 11
+    )
+    return {
+        "ok": ok,
+        "source": headers.get("X-Rankstream-Source") or headers.get("x-rankstream-source"),
+        "top_total": top["total"],
+        "leader": top["entries"][0] if top["entries"] else None,
+        "sample_rank": rank,
+        "around_entries": len(around["entries"]),
+    }
+
+
+# --- the scenario -------------------------------------------------------------------------
+
+
+def _drive(
+    args: argparse.Namespace, binary: str | None, folder: Path, kind: str, base: str, seconds: int
+) -> dict[str, Any]:
+    _, query, _, _ = SCENARIOS[kind]
+    if binary is None:
+        return pyclient.run(
+            base_url=base, kind=kind, board=BOARD_ID, players=args.players, prefix=PREFIX,
+            query=query, connections=args.connections, duration_s=seconds,
+        )  # fmt: skip
+    lua = wrk.script(folder, kind, BOARD_ID, args.players, PREFIX, query)
+    return wrk.run(binary, base, lua, args.connections, args.threads, seconds)
+
+
+def run(args: argparse.Namespace) -> int:
+    info = machine.describe()
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    load_start = machine.loadavg()
+    busy = machine.busy_processes()
+    print(f"reads: load average at start {load_start}", flush=True)
+    binary, how = (None, "--python-client given") if args.python_client else wrk.ensure_wrk()
+    generator = (
+        f"{machine.wrk_version() or 'wrk'} ({how}), {args.connections} connections, "
+        f"{args.threads} threads, {args.duration}s per scenario after {args.warmup}s warm-up"
+        if binary
+        else f"Python httpx asyncio client, {args.connections} connections ({how}); "
+        "NOT wrk: figures understate the server"
+    )
+    print(f"load generator: {generator}", flush=True)
+    sampler = machine.LoadSampler().start()
+    out: dict[str, Any] = {
+        "scenario": "reads",
+        "started_at": started_at,
+        "machine": info,
+        "load": {"at_start": load_start, "busy_processes_at_start": busy},
+        "parameters": {k: v for k, v in vars(args).items() if k != "func"},
+        "load_generator": generator,
+        "figures": [],
+        "runs": [],
+        "notes": [],
+    }
+    kinds = [k.strip() for k in args.scenarios.split(",") if k.strip()]
+    workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    try:
+        with Harness(keep_data=args.keep_data, fsync=not args.no_fsync) as harness:
+            harness.rate_limits = args.rate_limits
+            out["rate_limits"] = harness.rate_limit_env() or "this version has none"
+            settings = harness.start_servers()
+            board = asyncio.run(harness.create_board(["all"]))
+            print(f"loading {args.players:,} players...", flush=True)
+            out["data"] = asyncio.run(load_players(harness, board, args.players, args.seed))
+            print(f"loaded: {out['data']}", flush=True)
+            out["servers"] = {"redis": settings.redis_url, "postgres": settings.database_url}
+            base = harness.base_url
+            for count in workers:
+                api = harness.start_api(workers=count)
+                if harness.ready_status != 200:
+                    out["notes"].append(
+                        f"/health/ready answered {harness.ready_status} (not 200) with {count} "
+                        "worker(s) although /health/live answered; the run went on"
+                    )
+                check = sanity(base, args.players)
+                print(f"API with {count} worker(s) up; sanity: {check}", flush=True)
+                if not check["ok"]:
+                    out["notes"].append(f"sanity check failed with {count} worker(s): {check}")
+                for kind in kinds:
+                    label, _, target_rps, target_p99 = SCENARIOS[kind]
+                    if args.warmup:
+                        _drive(args, binary, harness.data_dir, kind, base, args.warmup)
+                    load_before = machine.loadavg()
+                    result = _drive(args, binary, harness.data_dir, kind, base, args.duration)
+                    result.pop("wrk_report", None) if not binary else None
+                    result.update(
+                        {"scenario": kind, "api_workers": count, "loadavg_before": load_before}
+                    )
+                    out["runs"].append(result)
+                    rps, p99 = result["requests_per_s"], result["latency_ms"]["p99"]
+                    print(
+                        f"  {label:<20} workers={count}: {rps:,.0f} req/s, "
+                        f"p50 {result['latency_ms'].get('p50')} ms, p99 {p99} ms, "
+                        f"failed {result.get('failed_requests')}",
+                        flush=True,
+                    )
+                    note = (
+                        f"granian workers={count}; failed requests {result.get('failed_requests')}"
+                    )
+                    out["figures"].append(
+                        figure(
+                            f"{label} throughput, {count} worker(s)",
+                            rps,
+                            "req/s",
+                            target_rps,
+                            ">=",
+                            note,
+                        )
+                    )
+                    out["figures"].append(
+                        figure(f"{label} p99, {count} worker(s)", p99, "ms", target_p99, "<=", note)
+                    )
+                if args.profile and count == 1:
+                    out["profile"] = _profile(args, binary, harness, api.pid, kinds, base)
+                harness.stop_child(api)
+                harness.stack.children.remove(api)
+    except Exception as exc:
+        out["notes"].append(f"the run failed: {type(exc).__name__}: {exc}"[:2000])
+        print(f"reads failed: {exc}", flush=True)
+        failed = True
+    else:
+        failed = False
+    out["load"].update(sampler.stop())
+    path = results.write("reads", out)
+    print(f"results: {path}\n{results.RESULTS_MD}", flush=True)
+    return 1 if failed else 0
+
+
+def _profile(
+    args: argparse.Namespace,
+    binary: str | None,
+    harness: Harness,
+    pid: int,
+    kinds: list[str],
+    base: str,
+) -> dict[str, Any]:
+    """Not measured: py-spy the granian process tree while wrk drives each scenario."""
+    summaries = {}
+    for kind in kinds:
+        raw = Path("/tmp") / f"api-{pid}-{kind}.pyspy.txt"
+        spy = profiling.start(pid, args.profile, raw, subprocesses=True)
+        _drive(args, binary, harness.data_dir, kind, base, args.profile)
+        summaries[kind] = profiling.finish(spy, raw)
+        print(f"[{kind}] " + profiling.render(summaries[kind]), flush=True)
+    return summaries

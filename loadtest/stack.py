@@ -1,0 +1,228 @@
+"""The system under test: embedded servers in a fresh temporary folder, and child processes.
+
+Everything started here is remembered and stopped by `Harness.close()` (children first,
+by pid, then the embedded servers through `service.embedded.stop`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+import asyncpg
+import msgspec
+
+from service import apikeys, boards, embedded, up
+from service.connections import pg_pool
+from service.models import Board, BoardCreate, Window
+from service.settings import Settings
+
+BOARD_ID = "bench"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return None
+
+
+def wait_api(base_url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> int | None:
+    """Wait for /health/ready to answer 200 (what `up` waits for). If the process is up
+    (/health/live 200) but readiness keeps failing, go on after 10 s and return its status,
+    so the run records it instead of dying; None when the API never came up."""
+    deadline = time.monotonic() + timeout_s
+    live_since: float | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return None
+        ready = _status(base_url + "/health/ready")
+        if ready == 200:
+            return 200
+        if live_since is None and _status(base_url + "/health/live") == 200:
+            live_since = time.monotonic()
+        if live_since is not None and time.monotonic() - live_since > 10:
+            return ready
+        time.sleep(0.1)
+    return None
+
+
+class Harness:
+    """Servers, settings and children of one load-test run."""
+
+    def __init__(self, keep_data: bool = False, fsync: bool = True) -> None:
+        self.data_dir = Path(tempfile.mkdtemp(prefix="rankstream-loadtest-"))
+        self.keep_data = keep_data
+        self.admin_key = apikeys.generate()
+        self.stack = up.Stack(
+            Settings(
+                data_dir=str(self.data_dir),
+                host="127.0.0.1",
+                port=free_port(),
+                bootstrap_admin_key=self.admin_key,
+                embedded_postgres_fsync=fsync,
+            )
+        )
+        self.settings = self.stack.settings
+        self.ready_status: int | None = None
+        self._logs: list[IO[bytes]] = []
+
+    # --- servers -----------------------------------------------------------------------
+
+    def start_servers(self) -> Settings:
+        """Embedded Redis and PostgreSQL under the temp folder, then migrations and the key."""
+        self.settings = up.resolve_servers(self.stack.settings, self.stack)
+        for server in self.stack.servers:
+            if not server.url.startswith(("redis://127.0.0.1", "postgresql://postgres@127.0.0.1")):
+                raise RuntimeError(f"unexpected server address {server.url}")
+        asyncio.run(up.prepare(self.settings))
+        return self.settings
+
+    async def create_board(self, windows: list[Window]) -> Board:
+        """The benchmark board: desc, best, shared ties."""
+        pool = await pg_pool(self.settings)
+        try:
+            return await boards.create(pool, BoardCreate(id=BOARD_ID, windows=windows))
+        finally:
+            await pool.close()
+
+    async def pg(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.settings.database_url)
+
+    # --- children ----------------------------------------------------------------------
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """`service.up.child_env` plus the run's own settings; no stray RANKSTREAM_* vars."""
+        env = {
+            k: v
+            for k, v in up.child_env(self.settings).items()
+            if not k.startswith("RANKSTREAM_")
+            or k in ("RANKSTREAM_REDIS_URL", "RANKSTREAM_DATABASE_URL")
+        }
+        env["RANKSTREAM_BOOTSTRAP_ADMIN_KEY"] = self.admin_key
+        env["RANKSTREAM_HOST"] = self.settings.host
+        env["RANKSTREAM_PORT"] = str(self.settings.port)
+        env["RANKSTREAM_LOG_LEVEL"] = "warning"
+        env.update(self.rate_limit_env())
+        env.update(overrides)
+        return env
+
+    rate_limits = "off"  # "off": disabled; "high": on, with limits no benchmark reaches
+
+    def rate_limit_env(self) -> dict[str, str]:
+        """One client on 127.0.0.1 would hit the per-IP and per-key limits at once, so the
+        benchmark turns them off (or sets them out of reach), when this version has them."""
+        fields = set(Settings.__struct_fields__)
+        if "rate_limits_enabled" not in fields:
+            return {}
+        if self.rate_limits == "off":
+            return {"RANKSTREAM_RATE_LIMITS_ENABLED": "false"}
+        return {
+            "RANKSTREAM_" + name.upper(): "100000000/second"
+            for name in fields
+            if name.startswith("rate_limit_") and name != "rate_limit_strategy"
+        }
+
+    def spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Start a child in its own session, output to `<data_dir>/logs/<name>.log`."""
+        logs = self.data_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - closed in close()
+        self._logs.append(out)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.stack.children.append(proc)
+        return proc
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.data_dir / "logs" / f"{name}.log"
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def start_api(self, workers: int = 1) -> subprocess.Popen[bytes]:
+        """granian serving the API (service.up.api_command); waits for /health/ready."""
+        settings = msgspec.structs.replace(self.settings, api_workers=workers)
+        proc = self.spawn(
+            f"api-{workers}w",
+            up.api_command(settings),
+            self.env(RANKSTREAM_API_WORKERS=str(workers)),
+        )
+        self.ready_status = wait_api(self.base_url, 60, proc)
+        if self.ready_status is None:
+            raise RuntimeError(f"the API did not come up:\n{self.log_tail(f'api-{workers}w')}")
+        return proc
+
+    def start_consumer(self, batch_size: int = 500) -> subprocess.Popen[bytes]:
+        """One consumer process, `python -m service.cli consume`."""
+        return self.spawn(
+            "consumer",
+            up.consumer_command(self.settings),
+            self.env(RANKSTREAM_BATCH_SIZE=str(batch_size)),
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.port}"
+
+    @staticmethod
+    def stop_child(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+        """SIGTERM, wait, then SIGKILL the child's own process group (its workers)."""
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # the group this harness created
+                proc.wait()
+        # granian workers share the child's session: make sure none outlives it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, 0)
+            time.sleep(0.2)
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Stop children, then servers; remove the temp folder unless asked to keep it."""
+        try:
+            for child in reversed(self.stack.children):
+                self.stop_child(child)
+        finally:
+            for server in reversed(self.stack.servers):
+                embedded.stop(server)
+            for out in self._logs:
+                out.close()
+            if self.keep_data:
+                print(f"data kept in {self.data_dir}", flush=True)
+            else:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> Harness:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
