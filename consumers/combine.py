@@ -22,16 +22,14 @@ class Pending:
 def keys_of(board: Board, event: ScoreEvent) -> list[Key]:
     """Every (board, window, period, player) an event updates: the current period of each
     of the board's windows, taken from the event's acceptance time."""
-    at = periods.from_ms(event.accepted_ms)
     return [
-        (board.id, window, periods.period_id(window, at), event.player_id)
+        (board.id, window, periods.period_id_ms(window, event.accepted_ms), event.player_id)
         for window in board.windows
     ]
 
 
-def combine(board: Board, current: Pending | None, event: ScoreEvent) -> Pending:
-    """Apply one event on top of the batch's value so far, by the board's operator."""
-    at = periods.from_ms(event.accepted_ms)
+def combine(board: Board, current: Pending | None, event: ScoreEvent, at: datetime) -> Pending:
+    """Apply one event, accepted at `at`, on top of the batch's value so far."""
     if current is None:
         return Pending(event.score, at)
     if board.operator == "increment":
@@ -48,6 +46,7 @@ def fold(boards: dict[str, Board], events: list[ScoreEvent]) -> dict[Key, Pendin
     out: dict[Key, Pending] = {}
     for event in events:
         board = boards[event.board_id]
+        at = periods.from_ms(event.accepted_ms)
         for key in keys_of(board, event):
-            out[key] = combine(board, out.get(key), event)
+            out[key] = combine(board, out.get(key), event, at)
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 
 from service.models import Window
 
@@ -11,6 +12,21 @@ ALL = "all"
 _DAY = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 _WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+DAY_MS = 86_400_000
+
+
+@lru_cache(maxsize=4096)
+def _period_of_day(window: Window, day: int) -> str:
+    return period_id(window, datetime.fromtimestamp(day * 86_400, tz=UTC))
+
+
+def period_id_ms(window: Window, ms: int) -> str:
+    """period_id for a unix time in ms; cached by UTC day, as every period is whole days."""
+    if window == "all":
+        return ALL
+    return _period_of_day(window, ms // DAY_MS)
 
 
 def from_ms(ms: int) -> datetime:
