@@ -44,13 +44,12 @@ async def submit_all(client: AsyncTestClient, items: list[dict[str, Any]]) -> li
     return ids
 
 
-async def accepted_at(redis: Redis, settings: Settings) -> dict[str, int]:
-    """event_id -> acceptance ms, read from the stream (before trimming)."""
-    out = {}
-    for _, fields in await redis.xrange(settings.stream_key):
-        event = stream.decode(fields)
-        out.setdefault(event.event_id, event.accepted_ms)
-    return out
+async def accepted_at(pg: asyncpg.Connection) -> dict[str, int]:
+    """event_id -> acceptance ms, as recorded (the stream itself is trimmed once processed)."""
+    rows = await pg.fetch(
+        "SELECT event_id, (extract(epoch FROM accepted_at) * 1000)::bigint AS ms FROM score_events"
+    )
+    return {r["event_id"]: r["ms"] for r in rows}
 
 
 async def assert_converged(
@@ -101,11 +100,11 @@ async def test_every_operator_order_window_and_tie_rule(
     ids = await submit_all(client, items)
     retried = await submit_all(client, items[:40])  # client retries: same event_ids
     assert retried == ids[:40]
-    at = await accepted_at(redis, settings)
+    await drained(redis, settings)
+    at = await accepted_at(pg)
     for item in items:
         model.submit(item["board_id"], item["player_id"], item["score"], item["event_id"],
                      at[item["event_id"]])  # fmt: skip
-    await drained(redis, settings)
     await assert_converged(redis, pg, model, boards)
     assert await pg.fetchval("SELECT count(*) FROM score_events") == len(items)
     assert await pg.fetchval("SELECT display_name FROM players WHERE player_id='p3'") == "Player 3"
@@ -148,11 +147,11 @@ async def test_random_sequences_converge_to_the_model(
         answer = await client.post(f"/v1/leaderboards/{board['id']}/scores", json=body,
                                    headers=ADMIN)  # fmt: skip
         assert answer.status_code == 202, answer.text
-    at = await accepted_at(redis, settings)
+    await drained(redis, settings)
+    at = await accepted_at(pg)
     for item in items:
         model.submit(board["id"], item["player_id"], item["score"], item["event_id"],
                      at[item["event_id"]])  # fmt: skip
-    await drained(redis, settings)
     await assert_converged(redis, pg, model, [board])
 
 
@@ -163,8 +162,6 @@ async def test_two_consumers_hammering_the_same_players_converge(
     settings: Settings,
     spawn: Any,
 ) -> None:
-    spawn("consume")
-    spawn("consume")
     boards = [
         await make_board(client, "inc", operator="increment", windows=["all", "daily"]),
         await make_board(client, "best", operator="best", order="asc", ties="earliest"),
@@ -177,12 +174,12 @@ async def test_two_consumers_hammering_the_same_players_converge(
         for i in range(3000)
     ]  # fmt: skip
     await asyncio.gather(*(submit_all(client, items[k::4]) for k in range(4)))
-    at = await accepted_at(redis, settings)
     for _, fields in await redis.xrange(settings.stream_key):  # stream order = apply order
         event = stream.decode(fields)
-        model.submit(
-            event.board_id, event.player_id, event.score, event.event_id, at[event.event_id]
-        )
+        model.submit(event.board_id, event.player_id, event.score, event.event_id,
+                     event.accepted_ms)  # fmt: skip
+    spawn("consume")
+    spawn("consume")
     await drained(redis, settings, timeout=60)
     await assert_converged(redis, pg, model, boards)
     groups = await redis.xinfo_consumers(settings.stream_key, settings.consumer_group)
@@ -205,19 +202,23 @@ async def test_kill_9_mid_batch_loses_nothing_and_applies_nothing_twice(
     ]
     ids = await submit_all(client, items)
     victim = spawn("consume")
-    while await pg.fetchval("SELECT count(*) FROM event_ids") < 2000:
-        await asyncio.sleep(0.01)
+    # Kill it while it holds a batch: entries delivered to it and not yet acknowledged.
+    while True:
+        pending = (await redis.xpending(settings.stream_key, settings.consumer_group))["pending"]
+        if pending and await pg.fetchval("SELECT count(*) FROM event_ids") >= 2000:
+            break
+        await asyncio.sleep(0.002)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     in_flight = await redis.xpending(settings.stream_key, settings.consumer_group)
-    assert in_flight["pending"] > 0 or await pg.fetchval("SELECT count(*) FROM event_ids") == 20_000
+    assert in_flight["pending"] > 0
     spawn("consume")
-    at = await accepted_at(redis, settings)
+    await drained(redis, settings, timeout=90)
+    at = await accepted_at(pg)
     for item in items:
         model.submit(
             "crash", item["player_id"], item["score"], item["event_id"], at[item["event_id"]]
         )
-    await drained(redis, settings, timeout=90)
     assert await pg.fetchval("SELECT count(*) FROM event_ids") == len(set(ids)) == 20_000
     assert await pg.fetchval("SELECT count(*) FROM score_events") == 20_000
     assert await pg.fetchval("SELECT sum(score) FROM player_scores") == sum(
