@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from typing import Any
 
 import asyncpg
@@ -29,8 +30,8 @@ from redis.asyncio import Redis
 
 from consumers import upkeep
 from consumers.dead_letters import dead_letter
-from consumers.pipeline import Entry, Pipeline
-from service import stream
+from consumers.pipeline import Entry, Outcome, Pipeline
+from service import logs, metrics, stream
 from service.connections import pg_pool, redis_client
 from service.settings import Settings
 from service.up import child_env
@@ -50,6 +51,7 @@ TRANSIENT = (
     asyncpg.exceptions.CannotConnectNowError,
 )
 MAX_BACKOFF_S = 2.0
+MAX_LOGGED_REQUEST_IDS = 50  # request ids listed per batch log line (all are counted)
 
 
 class Worker:
@@ -91,6 +93,7 @@ class Worker:
             if not entries:
                 return
         backoff = 0.05
+        started = time.perf_counter()
         while True:
             try:
                 outcome = await self.pipeline.process(entries)
@@ -103,6 +106,7 @@ class Worker:
                 )
                 break
             except TRANSIENT as exc:
+                metrics.dependency_error(metrics.dependency_of(exc) or "network", "consumer")
                 if self.stopping:
                     log.warning("stopping with %d entries unacknowledged: %s", len(entries), exc)
                     return  # still pending: another consumer claims them
@@ -110,6 +114,7 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 await self._keep_claimed(entries)
+        self._record(entries, outcome, time.perf_counter() - started, claimed)
         if outcome.unknown_board and claimed:
             deliveries = await self._deliveries(outcome.unknown_board[0][0])
             if deliveries >= self.settings.max_deliveries:
@@ -121,6 +126,30 @@ class Worker:
                     "unknown board",
                     deliveries,
                 )
+
+    def _record(
+        self, entries: list[Entry], outcome: Outcome, elapsed: float, claimed: bool
+    ) -> None:
+        """One log line and the metrics of a finished batch."""
+        metrics.BATCH_SIZE.observe(len(entries))
+        metrics.BATCH_DURATION.observe(elapsed)
+        metrics.BATCH_EVENTS.labels("new").inc(outcome.new_events)
+        metrics.BATCH_EVENTS.labels("duplicate").inc(outcome.duplicates)
+        log.info(
+            "batch",
+            extra=logs.fields(
+                consumer=self.name,
+                size=len(entries),
+                new=outcome.new_events,
+                duplicates=outcome.duplicates,
+                undecodable=len(outcome.undecodable),
+                unknown_board=len(outcome.unknown_board),
+                claimed=claimed,
+                duration_ms=round(elapsed * 1000, 3),
+                request_ids=outcome.request_ids[:MAX_LOGGED_REQUEST_IDS],
+                request_id_count=len(outcome.request_ids),
+            ),
+        )
 
     async def _drop_exhausted(self, entries: list[Entry]) -> list[Entry]:
         """Dead-letter claimed entries delivered more often than allowed; return the rest."""
@@ -235,10 +264,7 @@ def build(settings: Settings) -> FastStream:
 
 def run_workers(settings: Settings, workers: int = 1) -> int:
     """Run one consumer in this process, or supervise `workers` child processes."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    logs.configure(settings)
     if workers <= 1:
         uvloop.run(build(settings).run())
         return 0

@@ -8,7 +8,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from consumers.pipeline import Entry
-from service import queries
+from service import metrics, queries
 from service.settings import Settings
 
 log = logging.getLogger("rankstream.consumer")
@@ -42,6 +42,8 @@ async def dead_letter(
             )
         pipe.xack(settings.stream_key, settings.consumer_group, *[i for i, _ in entries])
         await pipe.execute()
+    reason_label = reason if not reason.startswith("not processed after") else "redeliveries"
+    metrics.DEAD_LETTERS.labels(reason_label).inc(len(entries))
     log.warning("dead-lettered %d entries: %s", len(entries), reason)
 
 

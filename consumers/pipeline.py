@@ -37,6 +37,7 @@ class Outcome:
     unknown_board: list[Entry] = field(default_factory=list)
     new_events: int = 0
     duplicates: int = 0
+    request_ids: list[str] = field(default_factory=list)
 
 
 class Pipeline:
@@ -65,6 +66,8 @@ class Pipeline:
                 continue
             events.append(event)
             ids.append(entry[0])
+            if event.request_id and event.request_id not in outcome.request_ids:
+                outcome.request_ids.append(event.request_id)
         if events:
             await self._persist_and_apply(events, outcome)
         outcome.ack.extend(ids)

@@ -6,13 +6,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
-from service import problems, stream
+from service import logs, problems, stream
 from service.connections import pg_pool, redis_client
-from service.routes import boards, health, rankings, scores
+from service.hygiene import Hygiene
+from service.routes import admin, boards, health, rankings, scores
+from service.routes import metrics as metrics_routes
 from service.settings import Settings
 from service.state import Services
 
@@ -23,6 +26,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        logs.configure(settings)
         services = Services.build(settings, redis_client(settings), await pg_pool(settings))
         app.state.services = services
         await stream.ensure_group(services.redis, settings.stream_key, settings.consumer_group)
@@ -35,8 +39,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         services: Services = state.services
         return services
 
-    return Litestar(
-        route_handlers=[*health.ROUTES, *boards.ROUTES, *scores.ROUTES, *rankings.ROUTES],
+    app = Litestar(
+        route_handlers=[
+            *health.ROUTES,
+            *metrics_routes.ROUTES,
+            *boards.ROUTES,
+            *scores.ROUTES,
+            *rankings.ROUTES,
+            *admin.ROUTES,
+        ],
         lifespan=[lifespan],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         plugins=[problems.plugin()],
@@ -45,5 +56,27 @@ def create_app(settings: Settings | None = None) -> Litestar:
             title="rankstream", version="1.0.0", path="/schema", description=__doc__
         ),
         request_max_body_size=settings.max_body_bytes,
+        cors_config=_cors(settings),
         debug=False,
     )
+    # Around everything Litestar does (routing, CORS, problem details), so every answer,
+    # 404s of unknown paths included, gets request id, security headers, log and metrics.
+    app.asgi_handler = Hygiene(app.asgi_handler, settings)
+    return app
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    """CORS from RANKSTREAM_CORS_ORIGINS (comma-separated; off when empty)."""
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if not origins:
+        return None
+    return CORSConfig(
+        allow_origins=origins,
+        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID", "If-None-Match"],
+        expose_headers=[
+            "ETag", "X-Request-ID", "Retry-After", "X-Rankstream-Source",
+            "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset",
+        ],
+        max_age=600,
+    )  # fmt: skip

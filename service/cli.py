@@ -7,12 +7,14 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
-from service import apikeys, embedded, migrations, up
-from service.connections import pg_pool
+from service import apikeys, embedded, migrations, periods, up
+from service.connections import pg_pool, redis_client
+from service.models import Board
 from service.settings import Settings, SettingsError
 
 
@@ -31,6 +33,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     """Serve the API with granian (URLs must be set or the embedded servers running)."""
     settings = up.resolve_servers(_settings(args))
+    up.fresh_metrics(settings)
     os.execve(sys.executable, up.api_command(settings), up.child_env(settings))
 
 
@@ -81,6 +84,108 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _board_or_exit(board_id: str, found: dict[str, Board]) -> Board | None:
+    board = found.get(board_id)
+    if board is None:
+        print(f"rankstream: no leaderboard {board_id!r}", file=sys.stderr)
+    return board
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    """Rebuild a board's sorted sets from Postgres with no downtime."""
+    from service import boards, rebuild
+
+    settings = up.resolve_servers(_settings(args))
+    if args.period is not None and args.window is None:
+        print("rankstream: --period needs --window", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        pool = await pg_pool(settings)
+        redis = redis_client(settings)
+        try:
+            board = _board_or_exit(args.board, await boards.load_all(pool))
+            if board is None:
+                return 2
+            if args.window is not None and args.window not in board.windows:
+                print(f"rankstream: board {board.id} has no window {args.window}", file=sys.stderr)
+                return 2
+            period = args.period
+            if period is not None:
+                try:
+                    period = periods.resolve(args.window, period, datetime.now(UTC))
+                except ValueError as exc:
+                    print(f"rankstream: --period: {exc}", file=sys.stderr)
+                    return 2
+
+            async def progress(done: int, total: int) -> None:
+                width = 30
+                filled = width * done // total if total else width
+                bar = "#" * filled + "-" * (width - filled)
+                print(f"\rrebuild {board.id} [{bar}] {done}/{total}", end="", file=sys.stderr)
+
+            report = await rebuild.rebuild_board(
+                redis,
+                pool,
+                board,
+                retention=settings.retention_periods,
+                window=args.window,
+                period=period,
+                progress=progress,
+            )
+            print(file=sys.stderr)
+            for s in report.sets:
+                print(
+                    f"{s.window}:{s.period}: {s.ranked} ranked of {s.rows} rows,"
+                    f" {s.reapplied} re-applied, {s.seconds:.2f}s"
+                )
+            print(f"rebuilt {len(report.sets)} set(s), {report.rows} rows in {report.seconds:.2f}s")
+            return 0
+        finally:
+            await redis.aclose()
+            await pool.close()
+
+    return asyncio.run(run())
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """Compare a board's sorted sets with Postgres; --fix repairs the drift."""
+    from service import boards, reconcile
+
+    settings = up.resolve_servers(_settings(args))
+
+    async def run() -> int:
+        pool = await pg_pool(settings)
+        redis = redis_client(settings)
+        try:
+            board = _board_or_exit(args.board, await boards.load_all(pool))
+            if board is None:
+                return 2
+            report = await reconcile.reconcile_board(
+                redis, pool, board, retention=settings.retention_periods, fix=args.fix
+            )
+        finally:
+            await redis.aclose()
+            await pool.close()
+        if args.json:
+            print(msgspec.json.format(msgspec.json.encode(report)).decode())
+        else:
+            for s in report.sets:
+                print(
+                    f"{s.window}:{s.period}: postgres {s.postgres}, redis {s.redis},"
+                    f" {s.differing_buckets}/{s.buckets} buckets differ,"
+                    f" {s.drifted} player(s) drifted"
+                    + (f", {s.repaired} repaired" if args.fix else "")
+                )
+                for d in s.players:
+                    print(f"  {d.kind:12} {d.player_id}  postgres={d.expected} redis={d.actual}")
+            verdict = "in sync" if report.clean else ("fixed" if report.fixed else "DRIFT")
+            print(f"{report.board_id}: {report.drifted} player(s) drifted: {verdict}")
+        return 0 if report.clean or report.fixed else 1
+
+    return asyncio.run(run())
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     top = argparse.ArgumentParser(prog="rankstream", description=__doc__)
@@ -105,6 +210,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["create"])
     p.add_argument("--role", choices=["admin", "client"], required=True)
     p.add_argument("--name", default="")
+    p = command("rebuild", cmd_rebuild)
+    p.add_argument("board")
+    p.add_argument("--window", choices=["all", "daily", "weekly", "monthly"])
+    p.add_argument("--period", help="period id, `current` or `previous` (needs --window)")
+    p = command("reconcile", cmd_reconcile)
+    p.add_argument("board")
+    p.add_argument("--fix", action="store_true", help="repair the drift found")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     return top
 
 

@@ -137,6 +137,10 @@ def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
     """Any unexpected error: logged with its trace, answered without one.
 
     Redis or PostgreSQL being unreachable is not unexpected: 503 with Retry-After."""
+    from service import metrics
+
+    if dependency := metrics.dependency_of(exc):
+        metrics.dependency_error(dependency, "api")
     if isinstance(exc, UNAVAILABLE):
         log.warning("dependency unavailable on %s %s: %r", request.method, request.url.path, exc)
         problem = Problem(

@@ -151,3 +151,91 @@ PG_RANK_AROUND = _RANKED.format(
 
 # $6 player_ids
 PG_RANK_PLAYERS = _RANKED.format(page="SELECT * FROM ranked WHERE player_id = ANY($6::text[])")
+
+# --- admin: rebuild, reconcile, moderation (service/rebuild.py, reconcile.py, moderation.py) --
+
+# First statement of a REPEATABLE READ rebuild transaction: it fixes the snapshot and answers
+# a time no later than the start of any transaction still running, so every row committed
+# after the snapshot has updated_at >= it (updated_at is its transaction's now()).
+REBUILD_SNAPSHOT_TIME = """
+SELECT least(now(), coalesce(min(xact_start), now())) - interval '1 second' AS at
+FROM pg_stat_activity
+WHERE datname = current_database() AND xact_start IS NOT NULL
+"""
+
+# The (window, period) sets of a board that have rows, with their sizes.
+BOARD_SETS = """
+SELECT window_name, period, count(*) AS rows
+FROM player_scores
+WHERE board_id = $1
+GROUP BY window_name, period
+ORDER BY window_name, period
+"""
+
+COUNT_SET_ROWS = """
+SELECT count(*) FROM player_scores WHERE board_id = $1 AND window_name = $2 AND period = $3
+"""
+
+# Rows of one set with what the cache needs besides the score: name and ban state.
+_SET_ROWS = """
+SELECT ps.player_id, ps.score, ps.version, ps.reached_at, pl.display_name,
+       coalesce(pl.banned, false) AS banned
+FROM player_scores ps
+LEFT JOIN players pl ON pl.player_id = ps.player_id
+WHERE ps.board_id = $1 AND ps.window_name = $2 AND ps.period = $3
+"""
+
+SET_ROWS = _SET_ROWS
+
+# Rows of one set changed at or after $4: re-applied after a rebuild's swap.
+SET_ROWS_CHANGED_SINCE = _SET_ROWS + " AND ps.updated_at >= $4"
+
+# Current rows of some players of one set ($4): re-checking drift before reporting it.
+SET_ROWS_OF_PLAYERS = _SET_ROWS + " AND ps.player_id = ANY($4::text[])"
+
+# Ban / unban: flag the player and bump every row's version (and updated_at, so a
+# concurrent rebuild re-applies it), answering the rows with their new versions.
+SET_BANNED = """
+INSERT INTO players (player_id, banned) VALUES ($1, $2)
+ON CONFLICT (player_id) DO UPDATE SET banned = EXCLUDED.banned, updated_at = now()
+"""
+
+BUMP_PLAYER_ROWS = """
+UPDATE player_scores SET version = version + 1, updated_at = now()
+WHERE player_id = $1
+RETURNING board_id, window_name, period, player_id, score, version, reached_at
+"""
+
+DELETE_PLAYER_BOARD_ROWS = """
+DELETE FROM player_scores WHERE board_id = $1 AND player_id = $2
+RETURNING board_id, window_name, period, player_id
+"""
+
+DELETE_PLAYER_ROWS = """
+DELETE FROM player_scores WHERE player_id = $1
+RETURNING board_id, window_name, period, player_id
+"""
+
+DELETE_PLAYER_EVENTS = "DELETE FROM score_events WHERE player_id = $1"
+
+DELETE_PLAYER = "DELETE FROM players WHERE player_id = $1"
+
+PLAYER_EXISTS = """
+SELECT EXISTS (SELECT 1 FROM players WHERE player_id = $1)
+    OR EXISTS (SELECT 1 FROM player_scores WHERE player_id = $1)
+    OR EXISTS (SELECT 1 FROM score_events WHERE player_id = $1)
+"""
+
+DELETE_BOARD_EVENT_IDS = "DELETE FROM event_ids WHERE board_id = $1"
+DELETE_BOARD_EVENTS = "DELETE FROM score_events WHERE board_id = $1"
+DELETE_BOARD = "DELETE FROM leaderboards WHERE id = $1 RETURNING id"
+
+SELECT_BOARD_IDS = "SELECT id FROM leaderboards ORDER BY id"
+
+IS_BANNED = "SELECT coalesce((SELECT banned FROM players WHERE player_id = $1), false)"
+
+SELECT_BOARD_EXISTS = "SELECT 1 FROM leaderboards WHERE id = $1"
+
+PLAYERS_ON_BOARD = """
+SELECT DISTINCT player_id FROM player_scores WHERE board_id = $1 AND player_id = ANY($2::text[])
+"""

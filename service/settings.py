@@ -67,7 +67,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retention_periods: NonNegative = 2
     board_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
 
+    # Rate limits ("<count>/<second|minute|hour|day>", several joined by ";"), Redis-backed.
+    rate_limits_enabled: bool = True
+    rate_limit_strategy: Literal["moving-window", "fixed-window"] = "moving-window"
+    rate_limit_submissions: str = "60/minute"
+    rate_limit_rank_lookups: str = "300/minute"
+    rate_limit_board_queries: str = "600/minute"
+    rate_limit_per_key: str = "6000/minute"
+    trusted_proxies: str = ""
+    client_ip_header: str = "x-forwarded-for"
+
+    # Request hygiene.
+    cors_origins: str = ""
+    hsts_max_age: NonNegative = 31_536_000
+
+    # Observability.
+    metrics_dir: str = ""
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -90,6 +108,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             return msgspec.convert(raw, cls, strict=False)
         except msgspec.ValidationError as exc:
             raise SettingsError(_explain(str(exc), raw)) from None
+
+    @property
+    def metrics_path(self) -> str:
+        """Folder of prometheus-client's multiprocess files (default: <data_dir>/metrics)."""
+        return self.metrics_dir or os.path.join(self.data_dir, "metrics")
 
     @property
     def embedded(self) -> bool:

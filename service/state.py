@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from service.auth import KeyCache
 from service.boards import BoardCache
+from service.ratelimit import RateLimits
 from service.settings import Settings
 from service.stream import Backlog
 
@@ -23,6 +24,7 @@ class Services:
     boards: BoardCache
     keys: KeyCache
     backlog: Backlog
+    limits: RateLimits
 
     @classmethod
     def build(cls, settings: Settings, redis: Redis, pg: asyncpg.Pool) -> Services:
@@ -34,9 +36,11 @@ class Services:
             boards=BoardCache(pg, settings.board_cache_ttl_s),
             keys=KeyCache(pg, settings.bootstrap_admin_key),
             backlog=Backlog(redis, settings.stream_key, settings.max_stream_lag),
+            limits=RateLimits(settings, redis),
         )
 
     async def close(self) -> None:
         """Release every connection."""
+        await self.limits.close()
         await self.pg.close()
         await self.redis.aclose()

@@ -55,7 +55,18 @@ def child_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env["RANKSTREAM_REDIS_URL"] = settings.redis_url
     env["RANKSTREAM_DATABASE_URL"] = settings.database_url
+    # prometheus-client's multiprocess folder: every API worker and consumer writes there.
+    metrics_dir = Path(settings.metrics_path).resolve()
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     return env
+
+
+def fresh_metrics(settings: Settings) -> None:
+    """Empty the metrics folder before a new set of processes starts writing to it."""
+    from service import metrics
+
+    metrics.reset_dir(settings)
 
 
 def api_command(settings: Settings) -> list[str]:
@@ -161,6 +172,7 @@ def run(settings: Settings, consumers: bool = True) -> int:
         settings = resolve_servers(settings, stack)
         for line in asyncio.run(prepare(settings)):
             print(line, flush=True)
+        fresh_metrics(settings)
         env = child_env(settings)
         api = subprocess.Popen(api_command(settings), env=env, start_new_session=True)
         stack.children.append(api)

@@ -25,6 +25,7 @@ from service.settings import Settings
 from tests.support import ADMIN_KEY
 
 TEMPLATE_DB = "rankstream_template"
+TEST_LIMIT = "100000/minute"
 
 _db_numbers = itertools.count(1)
 
@@ -88,6 +89,12 @@ async def settings(servers: Servers) -> AsyncIterator[Settings]:
         claim_idle_ms=1_000,
         claim_interval_ms=200,
         trim_interval_ms=200,
+        # Limits stay on (every test goes through the limiter) but out of reach of the
+        # suite's traffic; tests/test_ratelimit.py tightens them.
+        rate_limit_submissions=TEST_LIMIT,
+        rate_limit_rank_lookups=TEST_LIMIT,
+        rate_limit_board_queries=TEST_LIMIT,
+        rate_limit_per_key=TEST_LIMIT,
     )
     admin = await asyncpg.connect(embedded.postgres_url(servers.postgres.port, "postgres"))
     try:

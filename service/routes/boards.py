@@ -11,6 +11,7 @@ from service import boards
 from service.auth import authorize
 from service.models import Board, BoardCreate, BoardId, BoardList, BoardView
 from service.problems import Problem, decode_body
+from service.routes.limiting import limit
 from service.state import Services
 
 
@@ -43,6 +44,7 @@ async def create_board(request: Request, services: Services, data: BoardCreate) 
 async def list_boards(request: Request, services: Services) -> BoardList:  # type: ignore[type-arg]
     """Configuration, current periods and player counts of every board."""
     await authorize(services.keys, request.headers, "reader", services.settings.public_reads)
+    await limit(request, services, "board_queries")
     await services.boards.reload()
     now = datetime.now(UTC)
     return BoardList(
@@ -58,6 +60,7 @@ async def get_board(
 ) -> BoardView:
     """Configuration, each window's current period with start and reset, player counts."""
     await authorize(services.keys, request.headers, "reader", services.settings.public_reads)
+    await limit(request, services, "board_queries")
     board = await find_board(services, board_id)
     return await boards.view(services.pg, board, datetime.now(UTC))
 

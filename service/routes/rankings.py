@@ -23,7 +23,7 @@ from litestar.params import Parameter
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service import periods, pgranking, ranking
+from service import metrics, periods, pgranking, ranking
 from service.auth import authorize
 from service.models import (
     AroundPage,
@@ -38,7 +38,9 @@ from service.models import (
     Window,
 )
 from service.problems import Problem, invalid
+from service.ratelimit import RouteClass
 from service.routes.boards import find_board
+from service.routes.limiting import limit
 from service.state import Services
 
 T = TypeVar("T")
@@ -109,8 +111,10 @@ async def _target(
     board_id: str,
     window: str | None,
     period: str,
+    limited_as: RouteClass = "rank_lookups",
 ) -> Target:
     await authorize(services.keys, request.headers, "reader", services.settings.public_reads)
+    await limit(request, services, limited_as)
     board = await find_board(services, board_id)
     if window is None:
         chosen = board.windows[0]
@@ -143,6 +147,7 @@ async def _read(
             return empty(), "redis", missing.revision
         return await from_pg(), "postgres", missing.revision
     except _REDIS_DOWN:
+        metrics.dependency_error("redis", "read")
         return await from_pg(), "postgres", None
 
 
@@ -215,7 +220,7 @@ async def top(
     Ties: competition ranks (1, 2, 2, 4) listed by player_id on `shared` boards; unique
     ranks, earliest first, on `earliest` boards.
     """
-    target = await _target(request, services, board_id, window, period)
+    target = await _target(request, services, board_id, window, period, "board_queries")
     if cursor is not None:
         if offset:
             raise invalid("cursor", "cannot be combined with offset")

@@ -5,18 +5,22 @@ from __future__ import annotations
 from litestar import Request, Response, post
 from litestar.params import Parameter
 
-from service import scores, stream
+from service import metrics, scores, stream
 from service.auth import authorize
 from service.boards import UnknownBoard
+from service.hygiene import request_id_of
 from service.models import Accepted, Applied, BatchAccepted, BoardId, ScoreBatch, ScoreSubmit
 from service.problems import Problem, decode_body
+from service.routes.limiting import limit
 from service.state import Services
 
 RETRY_AFTER_S = "1"
 
 
-async def _accepting(request: Request, services: Services) -> str | None:  # type: ignore[type-arg]
+async def _accepting(request: Request, services: Services, subject: str | None) -> str | None:  # type: ignore[type-arg]
     await authorize(services.keys, request.headers, "client", services.settings.public_reads)
+    # One submission: per board and player; a batch: per API key only.
+    await limit(request, services, "submissions" if subject else None, subject)
     if await services.backlog.full():
         raise Problem(
             503,
@@ -24,8 +28,7 @@ async def _accepting(request: Request, services: Services) -> str | None:  # typ
             "the submission stream is over its bound; retry shortly",
             headers={"Retry-After": RETRY_AFTER_S},
         )
-    request_id: str | None = request.headers.get("x-request-id")
-    return request_id
+    return request_id_of(request.scope)  # normalized by service.hygiene
 
 
 @post(
@@ -45,7 +48,7 @@ async def submit_score(
 ) -> Response[Accepted | Applied]:
     """Accept one submission: 202 `{event_id}` once it is on the stream."""
     data = decode_body(await request.body(), ScoreSubmit)  # strict: `data` above only documents it
-    request_id = await _accepting(request, services)
+    request_id = await _accepting(request, services, f"{board_id}:{data.player_id}")
     try:
         event = await scores.prepare_one(services.boards, board_id, data, request_id, wait)
     except UnknownBoard:
@@ -53,6 +56,7 @@ async def submit_score(
             404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="board_id"
         ) from None
     await stream.publish(services.redis, services.settings.stream_key, [event])
+    metrics.SUBMISSIONS_ACCEPTED.inc()
     if wait:
         timeout = services.settings.wait_timeout_ms / 1000
         outcome = await stream.wait_notice(services.redis, event.event_id, timeout)
@@ -69,7 +73,7 @@ async def submit_batch(
 ) -> BatchAccepted:
     """Accept a batch, validated all-or-nothing: one bad item and nothing is accepted."""
     data = decode_body(await request.body(), ScoreBatch)  # strict: `data` above only documents it
-    request_id = await _accepting(request, services)
+    request_id = await _accepting(request, services, None)
     try:
         events = await scores.prepare_batch(services.boards, data.submissions, request_id)
     except UnknownBoard as exc:
@@ -79,6 +83,7 @@ async def submit_batch(
             404, "Unknown leaderboard", f"no leaderboard {exc.board_id!r}", field=field
         ) from None
     await stream.publish(services.redis, services.settings.stream_key, events)
+    metrics.SUBMISSIONS_ACCEPTED.inc(len(events))
     return BatchAccepted([e.event_id for e in events])
 
 

@@ -1,0 +1,146 @@
+"""Every HTTP answer: request id, security headers, rate-limit headers, access log, metrics.
+
+A plain ASGI middleware wrapped around the whole Litestar handler (so 404s of unknown
+paths, 405s and 413s get the same treatment as routed answers).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import metrics
+from service.logs import fields
+from service.ratelimit import Decision, parse_networks, peer_is_trusted
+from service.settings import Settings
+
+log = logging.getLogger("rankstream.access")
+
+REQUEST_ID_HEADER = b"x-request-id"
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+SUBMISSION_ROUTES = frozenset({"/v1/leaderboards/{board_id}/scores", "/v1/scores/batch"})
+ADMIN_PREFIXES = ("/v1/admin",)
+QUIET_ROUTES = frozenset({"/health/live", "/health/ready", "/metrics"})
+_STATIC_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+def normalize_request_id(value: str | None) -> str:
+    """The caller's `X-Request-ID` when it is a sane token, a fresh one otherwise."""
+    if value and _SANE_ID.match(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def request_id_of(scope: Scope | Any) -> str | None:
+    """The normalized request id of a request (or its scope)."""
+    state = (
+        scope.get("state") if isinstance(scope, dict) else getattr(scope, "scope", {}).get("state")
+    )
+    value = (state or {}).get("request_id")
+    return value if isinstance(value, str) else None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def is_admin_path(path: str) -> bool:
+    """Routes whose answers must never be stored by a cache."""
+    return path.startswith(ADMIN_PREFIXES)
+
+
+class Hygiene:
+    """The middleware; one per app."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.hsts = f"max-age={settings.hsts_max_age}; includeSubDomains".encode()
+        self.proxies = parse_networks(settings.trusted_proxies)
+
+    def _https(self, scope: Scope) -> bool:
+        if scope.get("scheme") == "https":
+            return True
+        client = scope.get("client")
+        peer = client[0] if client else None
+        if peer_is_trusted(peer, self.proxies):
+            proto = _header(scope, b"x-forwarded-proto") or ""
+            return proto.split(",")[0].strip().lower() == "https"
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = normalize_request_id(_header(scope, REQUEST_ID_HEADER))
+        scope["headers"] = [
+            *((k, v) for k, v in scope["headers"] if k != REQUEST_ID_HEADER),
+            (REQUEST_ID_HEADER, request_id.encode()),
+        ]
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        https = self._https(scope)
+        admin = is_admin_path(scope["path"])
+        status = 500
+
+        async def wrapped(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                present = {bytes(k).lower() for k, _ in headers}
+                headers.append((REQUEST_ID_HEADER, request_id.encode()))
+                headers += [h for h in _STATIC_HEADERS if h[0] not in present]
+                if https:
+                    headers.append((b"strict-transport-security", self.hsts))
+                if admin:
+                    headers = [h for h in headers if bytes(h[0]).lower() != b"cache-control"]
+                    headers.append((b"cache-control", b"no-store"))
+                elif b"cache-control" not in present:
+                    headers.append((b"cache-control", b"no-store"))
+                decision = state.get("ratelimit")
+                if isinstance(decision, Decision) and b"ratelimit-limit" not in present:
+                    limits = decision.headers.items()
+                    headers += [(k.lower().encode(), v.encode()) for k, v in limits]
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, wrapped)
+        finally:
+            self._record(scope, status, time.perf_counter() - started, request_id)
+
+    def _record(self, scope: Scope, status: int, elapsed: float, request_id: str) -> None:
+        route = scope.get("path_template") or "unmatched"  # never raw paths: bounded labels
+        method = str(scope.get("method", "GET"))
+        code = str(status)
+        metrics.HTTP_REQUESTS.labels(method, route, code).inc()
+        metrics.HTTP_LATENCY.labels(method, route, code).observe(elapsed)
+        if route in SUBMISSION_ROUTES and status >= 400:
+            metrics.SUBMISSIONS_REJECTED.labels(code).inc()
+        level = logging.DEBUG if route in QUIET_ROUTES and status < 500 else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "request",
+                extra=fields(
+                    method=method,
+                    route=route,
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 3),
+                    request_id=request_id,
+                ),
+            )

@@ -1,0 +1,250 @@
+"""Admin routes: background rebuilds and their jobs, moderation (bans, removals, erasure,
+board deletion). Every route needs the admin role."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from litestar import Request, delete, get, post
+from litestar.params import Parameter
+
+from service import moderation, periods, rebuild
+from service.auth import authorize
+from service.boards import UnknownBoard
+from service.models import BoardId, PlayerId, Window
+from service.problems import Problem, invalid
+from service.routes.boards import find_board
+from service.state import Services
+
+log = logging.getLogger("rankstream.admin")
+
+SETTLE_S = 2.0  # second pass of a removal, after writes in flight have landed
+
+# Background tasks of this process: referenced here so they are not garbage-collected.
+_TASKS: set[asyncio.Task[Any]] = set()
+
+
+def _background(coro: Coroutine[Any, Any, Any], what: str) -> None:
+    async def guarded() -> None:
+        try:
+            await coro
+        except Exception:
+            log.exception("background %s failed", what)
+
+    task = asyncio.create_task(guarded())
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
+
+
+class JobAccepted(msgspec.Struct, frozen=True):
+    """Answer of a request that started a background job."""
+
+    job_id: str
+    status_url: str
+
+
+async def _admin(request: Request, services: Services) -> None:  # type: ignore[type-arg]
+    await authorize(services.keys, request.headers, "admin", services.settings.public_reads)
+
+
+@post(
+    "/v1/admin/leaderboards/{board_id:str}/rebuild",
+    tags=["admin"],
+    summary="Rebuild a board's rankings from Postgres in the background (admin).",
+    status_code=202,
+)
+async def start_rebuild(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    board_id: BoardId = Parameter(title="Leaderboard id"),
+    window: Window | None = Parameter(default=None, description="Only this window."),
+    period: str | None = Parameter(
+        default=None, description="Only this period of `window` (`current`, `previous`, id)."
+    ),
+) -> JobAccepted:
+    """202 with a job id; `GET /v1/admin/jobs/{id}` follows its progress."""
+    await _admin(request, services)
+    board = await find_board(services, board_id)
+    if window is not None and window not in board.windows:
+        raise invalid("window", f"must be one of {', '.join(board.windows)} on this board")
+    if period is not None:
+        if window is None:
+            raise invalid("period", "needs a window")
+        try:
+            period = periods.resolve(window, period, datetime.now(UTC))
+        except ValueError as exc:
+            raise invalid("period", str(exc)) from None
+    job_id = await rebuild.create_job(services.redis, board.id, window, period)
+    _background(
+        rebuild.run_job(
+            services.redis,
+            services.pg,
+            board,
+            job_id,
+            retention=services.settings.retention_periods,
+            window=window,
+            period=period,
+        ),
+        f"rebuild job {job_id}",
+    )
+    return JobAccepted(job_id=job_id, status_url=f"/v1/admin/jobs/{job_id}")
+
+
+@get("/v1/admin/jobs/{job_id:str}", tags=["admin"], summary="A background job's progress.")
+async def get_job(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    job_id: str = Parameter(title="Job id", max_length=64),
+) -> rebuild.JobView:
+    """State (`queued`, `running`, `done`, `failed`), rows done of total, the report."""
+    await _admin(request, services)
+    view = await rebuild.job_view(services.redis, job_id)
+    if view is None:
+        raise Problem(404, "Unknown job", f"no job {job_id!r}", field="job_id")
+    return view
+
+
+async def _ban(services: Services, player_id: str, banned: bool) -> moderation.BanResult:
+    await services.boards.reload()
+    return await moderation.set_banned(
+        services.redis,
+        services.pg,
+        services.boards.boards,
+        player_id,
+        banned,
+        services.settings.retention_periods,
+    )
+
+
+@post(
+    "/v1/admin/players/{player_id:str}/ban",
+    tags=["admin"],
+    summary="Ban a player: hidden from every board, later submissions ignored (admin).",
+    status_code=200,
+)
+async def ban_player(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    player_id: PlayerId = Parameter(title="Player id"),
+) -> moderation.BanResult:
+    """Flag the player and remove them from every sorted set."""
+    await _admin(request, services)
+    result = await _ban(services, player_id, True)
+    _background(
+        moderation.settle_ban(
+            services.redis,
+            services.pg,
+            services.boards.boards,
+            player_id,
+            services.settings.retention_periods,
+            SETTLE_S,
+        ),
+        "ban",
+    )
+    return result
+
+
+@delete(
+    "/v1/admin/players/{player_id:str}/ban",
+    tags=["admin"],
+    summary="Unban a player: their entries come back (admin).",
+    status_code=200,
+)
+async def unban_player(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    player_id: PlayerId = Parameter(title="Player id"),
+) -> moderation.BanResult:
+    """Clear the flag and put the player's rows back into the sets."""
+    await _admin(request, services)
+    return await _ban(services, player_id, False)
+
+
+@delete(
+    "/v1/leaderboards/{board_id:str}/players/{player_id:str}",
+    tags=["admin"],
+    summary="Remove one player's entry from a board (admin).",
+)
+async def remove_entry(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    board_id: BoardId = Parameter(title="Leaderboard id"),
+    player_id: PlayerId = Parameter(title="Player id"),
+) -> None:
+    """204; 404 when the player has no entry on the board."""
+    await _admin(request, services)
+    board = await find_board(services, board_id)
+    try:
+        targets = await moderation.remove_entry(services.redis, services.pg, board, player_id)
+    except moderation.UnknownPlayer:
+        raise Problem(
+            404, "No entry", f"{player_id!r} has no entry on {board_id!r}", field="player_id"
+        ) from None
+    _background(moderation.settle(services.redis, services.pg, targets, SETTLE_S), "entry removal")
+
+
+@delete(
+    "/v1/players/{player_id:str}",
+    tags=["admin"],
+    summary="Erase a player everywhere (GDPR) (admin).",
+    status_code=200,
+)
+async def erase_player(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    player_id: PlayerId = Parameter(title="Player id"),
+) -> moderation.EraseResult:
+    """Profile, scores, events and every Redis member and name; 404 if nothing is stored."""
+    await _admin(request, services)
+    await services.boards.reload()
+    try:
+        result, targets = await moderation.erase_player(
+            services.redis, services.pg, services.boards.boards, player_id
+        )
+    except moderation.UnknownPlayer:
+        raise Problem(
+            404, "Unknown player", f"nothing is stored about {player_id!r}", field="player_id"
+        ) from None
+    _background(moderation.settle(services.redis, services.pg, targets, SETTLE_S), "erasure")
+    return result
+
+
+@delete(
+    "/v1/leaderboards/{board_id:str}",
+    tags=["admin"],
+    summary="Delete a board with all its data (admin).",
+)
+async def delete_board(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    board_id: BoardId = Parameter(title="Leaderboard id"),
+) -> None:
+    """204: configuration, rows, events and every Redis key of the board are gone."""
+    await _admin(request, services)
+    try:
+        await moderation.delete_board(services.redis, services.pg, board_id)
+    except UnknownBoard:
+        raise Problem(
+            404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="id"
+        ) from None
+    await services.boards.reload()
+    delay = services.settings.board_cache_ttl_s + 1.0
+    _background(
+        moderation.settle_board(services.redis, services.pg, board_id, delay), "board deletion"
+    )
+
+
+ROUTES = [
+    start_rebuild,
+    get_job,
+    ban_player,
+    unban_player,
+    remove_entry,
+    erase_player,
+    delete_board,
+]

@@ -1,0 +1,130 @@
+"""`/metrics`: the named series, added up over two granian workers and a consumer process
+(prometheus-client multiprocess mode), and deploy/ only uses series that exist."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from litestar.testing import AsyncTestClient
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
+
+from service import metrics
+from service.settings import Settings
+from tests.support import ADMIN, drained
+from tests.test_ratelimit import start_api
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+SCORES = "/v1/leaderboards/{board_id}/scores"
+TOP = "/v1/leaderboards/{board_id}/top"
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def value(
+    found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    wanted = set(labels.items())
+    hits = [v for (n, ls), v in found.items() if n == name and wanted <= set(ls)]
+    assert hits, f"no sample {name}{labels}"
+    return sum(hits)
+
+
+async def test_series_after_traffic_across_workers_and_consumer(
+    spawn: Callable[..., Any], tmp_path: Path, settings: Settings, redis: Redis
+) -> None:
+    folder = tmp_path / "metrics"
+    url = await start_api(spawn, tmp_path)
+    spawn("consume", env_overrides={"PROMETHEUS_MULTIPROC_DIR": str(folder),
+                                    "RANKSTREAM_METRICS_DIR": str(folder)})  # fmt: skip
+    no_reuse = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, limits=no_reuse, timeout=10) as http:
+        assert (
+            await http.post("/v1/leaderboards", json={"id": "m"}, headers=ADMIN)
+        ).status_code == 201
+        for i in range(10):
+            answer = await http.post(
+                "/v1/leaderboards/m/scores", json={"player_id": f"p{i}", "score": i}, headers=ADMIN
+            )
+            assert answer.status_code == 202
+        batch = [{"board_id": "m", "player_id": f"b{i}", "score": i} for i in range(5)]
+        answer = await http.post("/v1/scores/batch", json={"submissions": batch}, headers=ADMIN)
+        assert answer.status_code == 202
+        bad = await http.post(
+            "/v1/leaderboards/m/scores", json={"player_id": "p", "score": "1"}, headers=ADMIN
+        )
+        assert bad.status_code == 422
+        for _ in range(3):
+            assert (await http.get("/v1/leaderboards/m/top")).status_code == 200
+        await redis.xadd(settings.stream_key, {b"junk": b"not an event"})
+        await drained(redis, settings)
+        text = (await http.get("/metrics")).text
+        assert (await http.get("/metrics")).headers["content-type"].startswith("text/plain")
+    found = samples(text)
+    assert value(found, "rankstream_http_requests_total", route=SCORES, status="202") == 10
+    assert value(found, "rankstream_http_requests_total", route=SCORES, status="422") == 1
+    assert value(found, "rankstream_http_request_duration_seconds_count", route=TOP) == 3
+    assert (
+        value(found, "rankstream_http_request_duration_seconds_bucket", route=TOP, le="+Inf") == 3
+    )
+    assert value(found, "rankstream_submissions_accepted_total") == 15
+    assert value(found, "rankstream_submissions_rejected_total", status="422") == 1
+    assert value(found, "rankstream_consumer_events_total", kind="new") == 15
+    assert value(found, "rankstream_consumer_batch_size_count") >= 1
+    assert value(found, "rankstream_consumer_batch_size_sum") == 16  # 15 events + the junk
+    assert value(found, "rankstream_consumer_batch_duration_seconds_count") >= 1
+    assert value(found, "rankstream_dead_letters_total", reason="undecodable") == 1
+    assert value(found, "rankstream_stream_length") >= 0
+    assert value(found, "rankstream_consumer_lag") == 0
+    assert value(found, "rankstream_consumer_pending") == 0
+
+
+async def test_in_process_registry_and_dependency_errors(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    metrics.dependency_error("postgres", "test")
+    await client.get("/health/live")
+    text = (await client.get("/metrics")).text
+    assert 'rankstream_dependency_errors_total{dependency="postgres",where="test"}' in text
+    assert "rankstream_http_requests_total" in text
+    assert "rankstream_consumer_lag 0.0" in text
+
+
+def known_series() -> set[str]:
+    names = {"rankstream_stream_length", "rankstream_consumer_lag", "rankstream_consumer_pending"}
+    for attribute in vars(metrics).values():
+        if not isinstance(attribute, MetricWrapperBase):
+            continue
+        for family in attribute.describe():
+            if family.type == "counter":
+                names |= {family.name + "_total", family.name}
+            elif family.type == "histogram":
+                names |= {family.name + s for s in ("_bucket", "_sum", "_count")}
+            else:
+                names.add(family.name)
+    return names
+
+
+def test_deploy_uses_only_series_that_exist() -> None:
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["metrics_path"] == "/metrics"
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    alerts = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    assert {"RankstreamConsumerLagHigh", "RankstreamErrorRateHigh", "RankstreamP99LatencyHigh",
+            "RankstreamDeadLetters"} <= set(alerts)  # fmt: skip
+    dashboard = (DEPLOY / "grafana" / "rankstream-dashboard.json").read_text()
+    used = set(re.findall(r"rankstream_[a-z_]+", " ".join(alerts.values()) + dashboard))
+    assert used, "no series referenced"
+    unknown = used - known_series()
+    assert not unknown, unknown

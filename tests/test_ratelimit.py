@@ -1,0 +1,208 @@
+"""Auth and rate limits: 401/403/429 as problem details with their headers, limits per
+route class, per player, per key and per client IP, and limits that hold across two
+granian worker processes sharing Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+from litestar.testing import AsyncTestClient
+from prometheus_client.mmap_dict import MmapedDict
+
+from service import apikeys
+from service.app import create_app
+from service.ratelimit import client_ip, parse_networks
+from service.settings import Settings
+from tests.support import ADMIN
+
+CLIENT_KEY = "rs_test-client-key"
+CLIENT = {"Authorization": f"Bearer {CLIENT_KEY}"}
+
+
+@pytest.fixture
+async def tight(settings: Settings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    tuned = msgspec.structs.replace(
+        settings,
+        rate_limit_board_queries="3/minute",
+        rate_limit_rank_lookups="2/minute",
+        rate_limit_submissions="2/minute",
+        rate_limit_per_key="5/minute",
+    )
+    conn = await asyncpg.connect(settings.database_url)
+    await apikeys.store(conn, CLIENT_KEY, "client", "tests")
+    await conn.close()
+    async with AsyncTestClient(app=create_app(tuned)) as client:
+        yield client
+
+
+def _assert_429(answer: httpx.Response, limit: int, what: str) -> None:
+    assert answer.status_code == 429, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    body = answer.json()
+    assert body["status"] == 429 and body["limit"] == what
+    assert 1 <= int(answer.headers["retry-after"]) <= 60
+    assert answer.headers["ratelimit-limit"] == str(limit)
+    assert answer.headers["ratelimit-remaining"] == "0"
+    assert 0 <= int(answer.headers["ratelimit-reset"]) <= 60
+
+
+async def test_401_and_403_are_problems(tight: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    anonymous = await tight.post("/v1/leaderboards", json={"id": "x"})
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    assert anonymous.headers["content-type"].startswith("application/problem+json")
+    unknown = await tight.post(
+        "/v1/leaderboards", json={"id": "x"}, headers={"Authorization": "Bearer rs_nope"}
+    )
+    assert unknown.status_code == 401
+    wrong_role = await tight.post("/v1/leaderboards", json={"id": "x"}, headers=CLIENT)
+    assert wrong_role.status_code == 403
+    assert wrong_role.json()["status"] == 403
+    no_key_submit = await tight.post(
+        "/v1/leaderboards/x/scores", json={"player_id": "p", "score": 1}
+    )
+    assert no_key_submit.status_code == 401
+
+
+async def test_board_queries_per_ip_with_ratelimit_headers(tight: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    remaining = []
+    for _ in range(3):
+        answer = await tight.get("/v1/leaderboards")
+        assert answer.status_code == 200
+        assert answer.headers["ratelimit-limit"] == "3"
+        remaining.append(int(answer.headers["ratelimit-remaining"]))
+    assert remaining == [2, 1, 0]
+    _assert_429(await tight.get("/v1/leaderboards"), 3, "board_queries")
+    # Rank lookups are another class, with their own budget.
+    player = await tight.get("/v1/leaderboards/nope/players/p1")
+    assert player.status_code == 404
+    assert player.headers["ratelimit-limit"] == "2"
+
+
+async def test_submissions_per_board_and_player(tight: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    assert (
+        await tight.post("/v1/leaderboards", json={"id": "rl"}, headers=ADMIN)
+    ).status_code == 201
+    url = "/v1/leaderboards/rl/scores"
+    for score in (1, 2):
+        answer = await tight.post(url, json={"player_id": "p1", "score": score}, headers=CLIENT)
+        assert answer.status_code == 202
+    _assert_429(
+        await tight.post(url, json={"player_id": "p1", "score": 3}, headers=CLIENT),
+        2,
+        "submissions",
+    )
+    other = await tight.post(url, json={"player_id": "p2", "score": 3}, headers=CLIENT)
+    assert other.status_code == 202  # another player has their own budget
+
+
+async def test_per_key_limit_spans_routes(tight: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    assert (
+        await tight.post("/v1/leaderboards", json={"id": "rk"}, headers=ADMIN)
+    ).status_code == 201
+    url = "/v1/leaderboards/rk/scores"
+    statuses = [
+        (await tight.post(url, json={"player_id": f"p{i}", "score": i}, headers=CLIENT)).status_code
+        for i in range(5)
+    ]
+    assert statuses == [202] * 5
+    _assert_429(
+        await tight.post(url, json={"player_id": "p9", "score": 1}, headers=CLIENT), 5, "per_key"
+    )
+    # Another key is not affected.
+    fresh = await tight.post(url, json={"player_id": "p9", "score": 1}, headers=ADMIN)
+    assert fresh.status_code == 202
+
+
+def test_client_ip_trusts_the_header_only_from_trusted_proxies() -> None:
+    proxies = parse_networks("10.0.0.0/8, 192.0.2.1")
+    header = {"x-forwarded-for": "203.0.113.7, 10.0.0.5"}
+    assert client_ip("10.1.1.1", header, proxies, "x-forwarded-for") == "203.0.113.7"
+    assert client_ip("192.0.2.1", header, proxies, "x-forwarded-for") == "203.0.113.7"
+    assert client_ip("198.51.100.2", header, proxies, "x-forwarded-for") == "198.51.100.2"
+    assert client_ip("10.1.1.1", {}, proxies, "x-forwarded-for") == "10.1.1.1"
+    assert client_ip("10.1.1.1", {"x-forwarded-for": "junk"}, proxies, "x-forwarded-for") == (
+        "10.1.1.1"
+    )
+    assert client_ip("10.1.1.1", header, [], "x-forwarded-for") == "10.1.1.1"
+    real_ip = {"x-real-ip": "203.0.113.9"}
+    assert client_ip("10.1.1.1", real_ip, proxies, "X-Real-IP") == "203.0.113.9"
+
+
+def served_per_process(folder: Path, route: str) -> list[float]:
+    """Requests to `route` counted in each process's multiprocess counter file."""
+    out = []
+    for path in sorted(folder.glob("counter_*.db")):
+        total = 0.0
+        for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+            _name, sample, labels, _help = json.loads(key)
+            if sample == "rankstream_http_requests_total" and labels.get("route") == route:
+                total += value
+        if total:
+            out.append(total)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def start_api(spawn: Callable[..., Any], tmp_path: Path, workers: int = 2, **env: str) -> str:
+    """`rankstream api` with granian workers on a free port; its base URL once ready."""
+    port = free_port()
+    proc = spawn(
+        "api",
+        env_overrides={
+            "RANKSTREAM_PORT": str(port),
+            "RANKSTREAM_API_WORKERS": str(workers),
+            "RANKSTREAM_METRICS_DIR": str(tmp_path / "metrics"),
+            **env,
+        },
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "the API exited"
+            try:
+                if (await http.get(url + "/health/ready")).status_code == 200:
+                    return url
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("the API did not become ready")
+
+
+async def test_limits_hold_across_two_worker_processes(
+    spawn: Callable[..., Any], tmp_path: Path
+) -> None:
+    url = await start_api(spawn, tmp_path, RANKSTREAM_RATE_LIMIT_BOARD_QUERIES="40/minute")
+    # No keep-alive: every request is a new connection, spread over both workers.
+    no_reuse = httpx.Limits(max_keepalive_connections=0, max_connections=16)
+    async with httpx.AsyncClient(limits=no_reuse, timeout=10) as http:
+        answers = await asyncio.gather(*(http.get(url + "/v1/leaderboards") for _ in range(120)))
+        metrics = (await http.get(url + "/metrics")).text
+    statuses = [a.status_code for a in answers]
+    assert statuses.count(200) == 40, statuses
+    assert statuses.count(429) == 80
+    refused = next(a for a in answers if a.status_code == 429)
+    assert refused.headers["ratelimit-limit"] == "40"
+    assert int(refused.headers["retry-after"]) >= 1
+    # Both workers answered: each worker's own metrics file counts some of the requests.
+    served = served_per_process(tmp_path / "metrics", "/v1/leaderboards")
+    assert len(served) == 2 and all(n > 0 for n in served), served
+    assert sum(served) == 120
+    assert 'rankstream_rate_limited_total{limit="board_queries"} 80.0' in metrics

@@ -1,0 +1,282 @@
+"""Zero-downtime rebuild: PG -> temporary key -> atomic swap -> re-apply of later changes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
+
+from service import boards, keys, moderation, periods, rankcache, rebuild
+from service.connections import pg_pool
+from service.models import Board
+from service.settings import Settings
+from tests.support import ADMIN, drained, pg_set, redis_order, redis_set
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    p = await pg_pool(settings)
+    yield p
+    await p.close()
+
+
+async def make_board(client: AsyncTestClient, board_id: str, **config: Any) -> dict[str, Any]:  # type: ignore[type-arg]
+    answer = await client.post("/v1/leaderboards", json={"id": board_id, **config}, headers=ADMIN)
+    assert answer.status_code == 201, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+async def board_of(pool: asyncpg.Pool, board_id: str) -> Board:
+    return (await boards.load_all(pool))[board_id]
+
+
+async def seed(pg: asyncpg.Connection, board: str, window: str, period: str, n: int) -> None:
+    """n rows straight into Postgres (as if Redis had never seen them)."""
+    await pg.execute(
+        """
+        INSERT INTO player_scores (board_id, window_name, period, player_id, score, version,
+                                   reached_at)
+        SELECT $1, $2, $3, 's' || i, (i * 7919) % 100003, 1 + i % 3,
+               timestamptz '2026-01-01' + i * interval '1 second'
+        FROM generate_series(1, $4) AS i
+        """,
+        board,
+        window,
+        period,
+        n,
+    )
+    await pg.execute(
+        "INSERT INTO players (player_id, display_name) SELECT 's' || i, 'Seed ' || i"
+        " FROM generate_series(1, $1) AS i ON CONFLICT DO NOTHING",
+        n,
+    )
+
+
+async def temp_keys(redis: Redis, board: str) -> list[bytes]:
+    return [k async for k in redis.scan_iter(match=keys.board_pattern(board)) if b":rebuild:" in k]
+
+
+@pytest.mark.parametrize("ties", ["shared", "earliest"])
+async def test_rebuild_from_empty_redis_equals_postgres(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    redis: Redis,
+    pg: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    settings: Settings,
+    ties: str,
+) -> None:
+    spec = await make_board(client, "r1", order="asc", ties=ties, windows=["all", "daily"])
+    today = periods.period_id("daily", datetime.now(UTC))
+    await seed(pg, "r1", "all", "all", 5_000)
+    await seed(pg, "r1", "daily", today, 300)
+    await pg.execute("UPDATE players SET banned = true WHERE player_id IN ('s7', 's8')")
+    board = await board_of(pool, "r1")
+    seen: list[tuple[int, int]] = []
+
+    async def progress(done: int, total: int) -> None:
+        seen.append((done, total))
+
+    report = await rebuild.rebuild_board(
+        redis, pool, board, retention=2, progress=progress, chunk_rows=1_000
+    )
+    assert [(s.window, s.period, s.rows) for s in report.sets] == [
+        ("all", "all", 5_000),
+        ("daily", today, 300),
+    ]
+    assert report.rows == 5_300
+    assert seen[-1] == (5_300, 5_300) and len(seen) >= 6
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(seen))
+    for window, period in (("all", "all"), ("daily", today)):
+        expected = await pg_set(pg, "r1", window, period)
+        del expected["s7"], expected["s8"]  # banned: hidden
+        assert await redis_set(redis, spec, window, period) == expected
+        # same order as the Postgres read path
+        answer = await client.get(
+            "/v1/leaderboards/r1/top", params={"window": window, "limit": 100}
+        )
+        assert answer.headers["x-rankstream-source"] == "redis"
+        listed = [e["player_id"] for e in answer.json()["entries"]]
+        assert listed == (await redis_order(redis, spec, window, period))[:100]
+    versions = keys.versions_key("r1", "all", "all")
+    tombstone: Any = await redis.hget(versions, "s7")
+    assert tombstone.endswith(b"|")
+    assert await redis.hget(keys.names_key("r1"), "s5") == b"Seed 5"
+    assert await redis.ttl(keys.set_key("r1", "all", "all")) == -1
+    assert await redis.ttl(keys.set_key("r1", "daily", today)) > 0
+    assert await temp_keys(redis, "r1") == []
+    # PG fallback answers the same page as the rebuilt set
+    await redis.delete(keys.set_key("r1", "all", "all"), keys.revision_key("r1"))
+    from_pg = await client.get("/v1/leaderboards/r1/top", params={"window": "all", "limit": 100})
+    assert from_pg.headers["x-rankstream-source"] == "postgres"
+    await rebuild.rebuild_board(redis, pool, board, retention=2, window="all")
+    from_redis = await client.get("/v1/leaderboards/r1/top", params={"window": "all", "limit": 100})
+    assert from_redis.json()["entries"] == from_pg.json()["entries"]
+
+
+async def test_changes_committed_during_the_rebuild_survive_the_swap(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    redis: Redis,
+    pg: asyncpg.Connection,
+    pool: asyncpg.Pool,
+) -> None:
+    """Between snapshot and swap, rows change in Postgres and reach the old set (as the
+    consumer does it); the swap replaces the old set, the re-apply brings them back."""
+    spec = await make_board(client, "r2", windows=["all"])
+    await seed(pg, "r2", "all", "all", 3_000)
+    board = await board_of(pool, "r2")
+    script = rankcache.apply_script(redis)
+    calls = 0
+
+    async def meanwhile(done: int, total: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls != 2:
+            return
+        changed = await pg.fetch(
+            """
+            INSERT INTO player_scores AS p (board_id, window_name, period, player_id, score,
+                                            reached_at)
+            VALUES ('r2', 'all', 'all', 's1', 999999, now()), ('r2', 'all', 'all', 'new', 5,
+                    now())
+            ON CONFLICT (board_id, window_name, period, player_id) DO UPDATE
+            SET score = EXCLUDED.score, version = p.version + 1, updated_at = now()
+            RETURNING player_id, score, version, reached_at
+            """
+        )
+        rows = [
+            rankcache.ScoreRow("r2", "all", "all", r["player_id"], r["score"], r["version"],
+                               r["reached_at"])
+            for r in changed
+        ]  # fmt: skip
+        await rankcache.apply_rows(redis, script, {"r2": board}, rows, 2)
+
+    report = await rebuild.rebuild_board(
+        redis, pool, board, retention=2, progress=meanwhile, chunk_rows=500
+    )
+    assert report.sets[0].reapplied == 2
+    got = await redis_set(redis, spec, "all", "all")
+    assert got == await pg_set(pg, "r2", "all", "all")
+    assert got["s1"] == 999999 and got["new"] == 5
+    assert await redis.hget(keys.versions_key("r2", "all", "all"), "s1") == b"3"
+
+
+async def test_rebuild_under_live_submissions_loses_nothing_and_reads_never_fail(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    redis: Redis,
+    pg: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    settings: Settings,
+    spawn: Any,
+) -> None:
+    spawn("consume")
+    spec = await make_board(client, "live", operator="increment", windows=["all", "daily"])
+    today = periods.period_id("daily", datetime.now(UTC))
+    await seed(pg, "live", "all", "all", 40_000)
+    await seed(pg, "live", "daily", today, 2_000)
+    board = await board_of(pool, "live")
+    await rebuild.rebuild_board(redis, pool, board, retention=2)  # warm: sets exist
+    stop = asyncio.Event()
+    reads = 0
+    failures: list[str] = []
+    sent = 0
+
+    async def submitter() -> None:
+        nonlocal sent
+        n = 0
+        while not stop.is_set():
+            items = [
+                {"board_id": "live", "player_id": f"s{(n * 37 + i * 101) % 2_500 + 1}",
+                 "score": (n + i) % 9 + 1, "event_id": f"live-{n}-{i}"}
+                for i in range(100)
+            ]  # fmt: skip
+            answer = await client.post("/v1/scores/batch", json={"submissions": items},
+                                       headers=ADMIN)  # fmt: skip
+            assert answer.status_code == 202, answer.text
+            sent += len(items)
+            n += 1
+            await asyncio.sleep(0.01)
+
+    async def reader() -> None:
+        nonlocal reads
+        while not stop.is_set():
+            for window in ("all", "daily"):
+                answer = await client.get(
+                    "/v1/leaderboards/live/top", params={"window": window, "limit": 50}
+                )
+                reads += 1
+                if answer.status_code != 200 or len(answer.json()["entries"]) != 50:
+                    failures.append(f"{answer.status_code} {answer.text[:200]}")
+            await asyncio.sleep(0.005)
+
+    async def slow(done: int, total: int) -> None:
+        await asyncio.sleep(0.05)  # let submissions commit between snapshot and swap
+
+    tasks = [asyncio.create_task(submitter()), asyncio.create_task(reader())]
+    await asyncio.sleep(0.3)
+    report = await rebuild.rebuild_board(
+        redis, pool, board, retention=2, progress=slow, chunk_rows=2_000
+    )
+    await asyncio.sleep(0.3)
+    stop.set()
+    await asyncio.gather(*tasks)
+    await drained(redis, settings)
+    assert failures == []
+    assert reads > 20 and sent >= 1_000
+    assert sum(s.reapplied for s in report.sets) > 0  # updates did land during the rebuild
+    assert await pg.fetchval("SELECT count(*) FROM score_events") == sent
+    for window, period in (("all", "all"), ("daily", today)):
+        assert await redis_set(redis, spec, window, period) == await pg_set(
+            pg, "live", window, period
+        )
+    assert await temp_keys(redis, "live") == []
+
+
+async def test_removals_and_board_deletion_during_a_rebuild_stick(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    redis: Redis,
+    pg: asyncpg.Connection,
+    pool: asyncpg.Pool,
+) -> None:
+    """The snapshot still holds players removed (or a board deleted) before the swap; the
+    rebuild must not bring them back."""
+    spec = await make_board(client, "r3", ties="earliest", windows=["all"])
+    await seed(pg, "r3", "all", "all", 2_000)
+    board = await board_of(pool, "r3")
+    await rebuild.rebuild_board(redis, pool, board, retention=2)
+    calls = 0
+
+    async def remove_some(done: int, total: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await moderation.remove_entry(redis, pool, board, "s5")
+            await moderation.erase_player(redis, pool, {"r3": board}, "s6")
+
+    await rebuild.rebuild_board(
+        redis, pool, board, retention=2, progress=remove_some, chunk_rows=500
+    )
+    got = await redis_set(redis, spec, "all", "all")
+    assert "s5" not in got and "s6" not in got
+    assert got == await pg_set(pg, "r3", "all", "all")
+    versions = keys.versions_key("r3", "all", "all")
+    assert not await redis.hexists(versions, "s5") and not await redis.hexists(versions, "s6")
+    names = keys.names_key("r3")
+    assert not await redis.hexists(names, "s5") and not await redis.hexists(names, "s6")
+    assert await redis.hexists(names, "s7")
+
+    async def delete_board(done: int, total: int) -> None:
+        if done == 500:
+            await moderation.delete_board(redis, pool, "r3")
+
+    await rebuild.rebuild_board(
+        redis, pool, board, retention=2, progress=delete_board, chunk_rows=500
+    )
+    assert [k async for k in redis.scan_iter(match=keys.board_pattern("r3"))] == []
