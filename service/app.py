@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         services = Services.build(settings, redis_client(settings), await pg_pool(settings))
         app.state.services = services
         await stream.ensure_group(services.redis, settings.stream_key, settings.consumer_group)
+        services.pages.start()
         try:
             yield
         finally:

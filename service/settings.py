@@ -40,7 +40,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_workers: Positive = 1
     public_reads: bool = True
     cache_max_age: NonNegative = 1
+    page_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
     bootstrap_admin_key: str = ""
+    key_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     max_body_bytes: Positive = 1_048_576
 
     # Pools. redis-py's asyncio pool raises when full, so it is sized and blocking.
@@ -62,6 +64,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_stream_lag: Positive = 200_000
     trim_interval_ms: Positive = 1_000
     wait_timeout_ms: Positive = 2_000
+    coldstart_interval_ms: Positive = 2_000
 
     # Rankings.
     retention_periods: NonNegative = 2

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from service.auth import KeyCache
 from service.boards import BoardCache
+from service.pagecache import PageCache
 from service.ratelimit import RateLimits
 from service.settings import Settings
 from service.stream import Backlog
@@ -25,6 +26,7 @@ class Services:
     keys: KeyCache
     backlog: Backlog
     limits: RateLimits
+    pages: PageCache
 
     @classmethod
     def build(cls, settings: Settings, redis: Redis, pg: asyncpg.Pool) -> Services:
@@ -34,13 +36,15 @@ class Services:
             redis=redis,
             pg=pg,
             boards=BoardCache(pg, settings.board_cache_ttl_s),
-            keys=KeyCache(pg, settings.bootstrap_admin_key),
+            keys=KeyCache(pg, settings.bootstrap_admin_key, settings.key_cache_ttl_s),
             backlog=Backlog(redis, settings.stream_key, settings.max_stream_lag),
             limits=RateLimits(settings, redis),
+            pages=PageCache(redis, settings.page_cache_ttl_s),
         )
 
     async def close(self) -> None:
         """Release every connection."""
         await self.limits.close()
+        await self.pages.close()
         await self.pg.close()
         await self.redis.aclose()

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import ResponseHeader
 from litestar.openapi.datastructures import ResponseSpec
@@ -23,7 +24,7 @@ from litestar.params import Parameter
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service import metrics, periods, pgranking, ranking
+from service import metrics, pagecache, periods, pgranking, ranking
 from service.auth import authorize
 from service.models import (
     AroundPage,
@@ -162,6 +163,37 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return False
 
 
+def _page(
+    request: Request,  # type: ignore[type-arg]
+    target: Target,
+    answer: Any,
+    source: str,
+    revision: int | None,
+) -> pagecache.Page:
+    etag = None
+    if revision is not None and request.method == "GET":
+        what = f"{request.url.path}?{request.url.query}|{target.window}|{target.period}|{source}"
+        digest = hashlib.blake2b(what.encode(), digest_size=8).hexdigest()
+        etag = f'W/"{revision}-{digest}"'
+    return pagecache.Page(body=msgspec.json.encode(answer), etag=etag, source=source)
+
+
+def _send(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    page: pagecache.Page,
+) -> Response[Any]:
+    headers = {
+        "Cache-Control": f"public, max-age={services.settings.cache_max_age}",
+        SOURCE_HEADER: page.source,
+    }
+    if page.etag is not None:
+        headers["ETag"] = page.etag
+        if _matches(request.headers.get("if-none-match"), page.etag):
+            return Response(content=None, status_code=304, headers=headers)
+    return Response(content=page.body, headers=headers, media_type="application/json")
+
+
 def _respond(
     request: Request,  # type: ignore[type-arg]
     services: Services,
@@ -170,18 +202,35 @@ def _respond(
     source: str,
     revision: int | None,
 ) -> Response[Any]:
-    headers = {
-        "Cache-Control": f"public, max-age={services.settings.cache_max_age}",
-        SOURCE_HEADER: source,
-    }
-    if revision is not None and request.method == "GET":
-        what = f"{request.url.path}?{request.url.query}|{target.window}|{target.period}|{source}"
-        digest = hashlib.blake2b(what.encode(), digest_size=8).hexdigest()
-        etag = f'W/"{revision}-{digest}"'
-        headers["ETag"] = etag
-        if _matches(request.headers.get("if-none-match"), etag):
-            return Response(content=None, status_code=304, headers=headers)
-    return Response(content=answer, headers=headers)
+    return _send(request, services, _page(request, target, answer, source, revision))
+
+
+def _cache_key(request: Request, target: Target) -> str:  # type: ignore[type-arg]
+    # The resolved period is part of the key: `current` names another set after a reset.
+    return f"{request.url.path}?{request.url.query}|{target.window}|{target.period}"
+
+
+async def _cached_read(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    target: Target,
+    from_redis: Callable[[ranking.ReadMeta], Awaitable[T]],
+    from_pg: Callable[[], Awaitable[T]],
+    empty: Callable[[], T],
+    missing: Callable[[str], Problem] | None = None,
+) -> Response[Any]:
+    """A GET answer from the page cache, or read, answered and (from Redis) cached."""
+    key = _cache_key(request, target)
+    page = services.pages.get(key)
+    if page is None:
+        generation = services.pages.generation(target.board.id)
+        answer, source, revision = await _read(services, target, from_redis, from_pg, empty)
+        if answer is None and missing is not None:
+            raise missing(source)
+        page = _page(request, target, answer, source, revision)
+        if source == "redis":
+            services.pages.put(key, target.board.id, generation, page)
+    return _send(request, services, page)
 
 
 def _unranked(player_id: str, source: str) -> Problem:
@@ -230,14 +279,14 @@ async def top(
             raise invalid("cursor", str(exc)) from None
     board, win, per = target.board, target.window, target.period
 
-    answer, source, revision = await _read(
+    return await _cached_read(
+        request,
         services,
         target,
         lambda meta: ranking.top(services.redis, board, win, per, limit, offset, cursor, meta=meta),
         lambda: pgranking.top(services.pg, board, win, per, limit, offset, cursor),
         lambda: TopPage(window=win, period=per, total=0, entries=[], next_cursor=None),
     )
-    return _respond(request, services, target, answer, source, revision)
 
 
 @get(
@@ -258,7 +307,8 @@ async def player(
     """`{rank, score, total, percentile}`; 404 problem when the player is unranked."""
     target = await _target(request, services, board_id, window, period)
     board, win, per = target.board, target.window, target.period
-    answer, source, revision = await _read(
+    return await _cached_read(
+        request,
         services,
         target,
         lambda meta: ranking.player_rank(
@@ -266,10 +316,8 @@ async def player(
         ),
         lambda: pgranking.player_rank(services.pg, board, win, per, player_id),
         lambda: None,
+        missing=lambda source: _unranked(player_id, source),
     )
-    if answer is None:
-        raise _unranked(player_id, source)
-    return _respond(request, services, target, answer, source, revision)
 
 
 @get(
@@ -293,16 +341,15 @@ async def around(
     """The player and up to `radius` entries either side; 404 when the player is unranked."""
     target = await _target(request, services, board_id, window, period)
     board, win, per = target.board, target.window, target.period
-    answer, source, revision = await _read(
+    return await _cached_read(
+        request,
         services,
         target,
         lambda meta: ranking.around(services.redis, board, win, per, player_id, radius, meta=meta),
         lambda: pgranking.around(services.pg, board, win, per, player_id, radius),
         lambda: None,
+        missing=lambda source: _unranked(player_id, source),
     )
-    if answer is None:
-        raise _unranked(player_id, source)
-    return _respond(request, services, target, answer, source, revision)
 
 
 @post(
