@@ -17,7 +17,8 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 import redis.exceptions
@@ -30,8 +31,8 @@ from redis.asyncio import Redis
 
 from consumers import upkeep
 from consumers.dead_letters import dead_letter
-from consumers.pipeline import Entry, Outcome, Pipeline
-from service import logs, metrics, stream
+from consumers.pipeline import Entry, Outcome, Persisted, Pipeline
+from service import coldstart, logs, metrics, stream
 from service.connections import pg_pool, redis_client
 from service.settings import Settings
 from service.up import child_env
@@ -51,6 +52,9 @@ TRANSIENT = (
     asyncpg.exceptions.CannotConnectNowError,
 )
 MAX_BACKOFF_S = 2.0
+STOP_DRAIN_S = 20.0
+RESTART_DELAY_S = 0.5
+T = TypeVar("T")
 MAX_LOGGED_REQUEST_IDS = 50  # request ids listed per batch log line (all are counted)
 
 
@@ -65,6 +69,8 @@ class Worker:
         self.pg: asyncpg.Pool
         self.pipeline: Pipeline
         self.upkeep_task: asyncio.Task[None] | None = None
+        self.coldstart_task: asyncio.Task[None] | None = None
+        self.in_flight: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Connect, and create the group at 0 so entries accepted before any consumer
@@ -78,42 +84,87 @@ class Worker:
         await upkeep.ensure_partitions(self.pg)
 
     async def stop(self) -> None:
-        """Close connections (after the broker has drained the batch in hand)."""
-        if self.upkeep_task:
-            self.upkeep_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.upkeep_task
+        """Finish the batches in hand, then close connections."""
+        await self.settle()
+        with contextlib.suppress(*TRANSIENT):
+            await asyncio.wait_for(self._finish_own_pending(), STOP_DRAIN_S)
+        for task in (self.upkeep_task, self.coldstart_task):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.pg.close()
         await self.redis.aclose()
 
     async def handle(self, entries: list[Entry], claimed: bool) -> None:
-        """Process a batch, retrying dependency failures in place, then acknowledge."""
+        """Record a batch in Postgres, then write it to the sorted sets and acknowledge it.
+
+        The second half of a reader batch runs in the background while the next batch's
+        transaction runs: Redis writes are version-guarded, so their order does not matter,
+        while transactions stay in stream order. At most one batch is in that second half.
+        """
         if claimed:
             entries = await self._drop_exhausted(entries)
             if not entries:
                 return
-        backoff = 0.05
         started = time.perf_counter()
-        while True:
+        persisted = await self._retrying(entries, lambda: self.pipeline.persist(entries))
+        if persisted is None:
+            return
+        await self.settle()
+        finish = self._finish(entries, persisted, claimed, started)
+        if claimed:
+            await finish
+        else:
+            self.in_flight = asyncio.create_task(finish)
+
+    async def _finish_own_pending(self) -> None:
+        """Handle entries delivered to this consumer that never reached the handler.
+
+        FastStream drops a batch it read while stopping; those entries are pending under
+        this consumer's name. Finishing them here beats leaving them to another consumer's
+        claimer, which would apply them after newer entries.
+        """
+        reply: Any = await self.redis.xreadgroup(
+            self.settings.consumer_group,
+            self.name,
+            {self.settings.stream_key: "0"},
+            count=self.settings.batch_size,
+        )
+        for _stream, messages in reply or []:
+            # An entry trimmed away meanwhile comes back with no fields: nothing to do.
+            entries: list[Entry] = [(i, fields) for i, fields in messages if fields]
+            if entries:
+                await self.handle(entries, claimed=True)
+
+    async def settle(self) -> None:
+        """Wait for the batch being written to Redis, if any."""
+        task, self.in_flight = self.in_flight, None
+        if task is not None:
             try:
-                outcome = await self.pipeline.process(entries)
-                if outcome.ack:
-                    await self.redis.xack(
-                        self.settings.stream_key, self.settings.consumer_group, *outcome.ack
-                    )
-                await dead_letter(
-                    self.settings, self.redis, self.pg, outcome.undecodable, "undecodable", 1
+                await task
+            except Exception:
+                # Left unacknowledged: the claimer hands the entries out again.
+                log.exception("writing a batch to Redis failed")
+
+    async def _finish(
+        self, entries: list[Entry], persisted: Persisted, claimed: bool, started: float
+    ) -> None:
+        async def publish_and_acknowledge() -> bool:
+            await self.pipeline.publish(persisted)
+            outcome = persisted.outcome
+            if outcome.ack:
+                await self.redis.xack(
+                    self.settings.stream_key, self.settings.consumer_group, *outcome.ack
                 )
-                break
-            except TRANSIENT as exc:
-                metrics.dependency_error(metrics.dependency_of(exc) or "network", "consumer")
-                if self.stopping:
-                    log.warning("stopping with %d entries unacknowledged: %s", len(entries), exc)
-                    return  # still pending: another consumer claims them
-                log.warning("dependency failure, retrying batch in %.2fs: %r", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-                await self._keep_claimed(entries)
+            await dead_letter(
+                self.settings, self.redis, self.pg, outcome.undecodable, "undecodable", 1
+            )
+            return True
+
+        if await self._retrying(entries, publish_and_acknowledge) is None:
+            return
+        outcome = persisted.outcome
         self._record(entries, outcome, time.perf_counter() - started, claimed)
         if outcome.unknown_board and claimed:
             deliveries = await self._deliveries(outcome.unknown_board[0][0])
@@ -126,6 +177,23 @@ class Worker:
                     "unknown board",
                     deliveries,
                 )
+
+    async def _retrying(self, entries: list[Entry], step: Callable[[], Awaitable[T]]) -> T | None:
+        """Run a step until it passes; dependency failures are retried in place, not by
+        redelivery. None when stopping first (the entries stay pending for others)."""
+        backoff = 0.05
+        while True:
+            try:
+                return await step()
+            except TRANSIENT as exc:
+                metrics.dependency_error(metrics.dependency_of(exc) or "network", "consumer")
+                if self.stopping:
+                    log.warning("stopping with %d entries unacknowledged: %s", len(entries), exc)
+                    return None
+                log.warning("dependency failure, retrying in %.2fs: %r", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                await self._keep_claimed(entries)
 
     def _record(
         self, entries: list[Entry], outcome: Outcome, elapsed: float, claimed: bool
@@ -208,8 +276,8 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def build(settings: Settings) -> FastStream:
-    """The FastStream application of one consumer process."""
+def build(settings: Settings, signals: list[int] | None = None) -> FastStream:
+    """The FastStream application of one consumer process (signals received: `signals`)."""
     broker = RedisBroker(
         settings.redis_url,
         graceful_timeout=30.0,
@@ -244,11 +312,23 @@ def build(settings: Settings) -> FastStream:
 
     @app.on_startup
     async def connect() -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:  # FastStream's handler, remembering the signal
+            if signals is not None:
+                signals.append(signum)
+            app.exit()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
         await worker.start()
 
     @app.after_startup
     async def start_upkeep() -> None:
         worker.upkeep_task = asyncio.create_task(upkeep.run(worker.redis, worker.pg, settings))
+        worker.coldstart_task = asyncio.create_task(
+            coldstart.run(worker.redis, worker.pg, settings)
+        )
         log.info("consumer %s reading %s", worker.name, settings.stream_key)
 
     @app.on_shutdown
@@ -266,8 +346,16 @@ def run_workers(settings: Settings, workers: int = 1) -> int:
     """Run one consumer in this process, or supervise `workers` child processes."""
     logs.configure(settings)
     if workers <= 1:
-        uvloop.run(build(settings).run())
-        return 0
+        signals: list[int] = []
+        while True:
+            uvloop.run(build(settings, signals).run())
+            if signals:
+                return 0
+            # Stopped without a signal: FastStream stops its subscribers for good when the
+            # consumer group vanished (Redis flushed or restarted empty). Starting again
+            # recreates the group.
+            log.warning("consumer stopped without a signal (group lost?): starting again")
+            time.sleep(RESTART_DELAY_S)
     cmd = [sys.executable, "-m", "service.cli", "consume", "--workers", "1"]
     children = [subprocess.Popen(cmd, env=child_env(settings)) for _ in range(workers)]
 

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from consumers.combine import Key, fold, keys_of
 from service import periods, queries, rankcache, stream
-from service.boards import BoardCache, UnknownBoard
+from service.boards import BoardCache
 from service.models import Applied, Board, ScoreEvent
 from service.settings import Settings
 
@@ -40,6 +40,17 @@ class Outcome:
     request_ids: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Persisted:
+    """A batch recorded in Postgres, waiting to be written to the sorted sets."""
+
+    outcome: Outcome
+    boards: dict[str, Board]
+    rows: list[rankcache.ScoreRow] = field(default_factory=list)
+    new: list[ScoreEvent] = field(default_factory=list)
+    waiting: list[ScoreEvent] = field(default_factory=list)
+
+
 class Pipeline:
     """Persists and applies batches; one per consumer process."""
 
@@ -51,37 +62,53 @@ class Pipeline:
         self.script = rankcache.apply_script(redis)
 
     async def process(self, entries: list[Entry]) -> Outcome:
-        """Handle a batch. Infrastructure errors propagate: nothing is acknowledged then."""
+        """Persist and publish a batch. Infrastructure errors propagate: nothing may be
+        acknowledged then."""
+        persisted = await self.persist(entries)
+        await self.publish(persisted)
+        return persisted.outcome
+
+    async def persist(self, entries: list[Entry]) -> Persisted:
+        """Decode the batch and record it in one Postgres transaction."""
         outcome = Outcome()
-        events: list[ScoreEvent] = []
-        ids: list[bytes] = []
+        decoded: list[tuple[Entry, ScoreEvent]] = []
         for entry in entries:
             try:
-                event = stream.decode(entry[1])
+                decoded.append((entry, stream.decode(entry[1])))
             except (KeyError, msgspec.DecodeError, msgspec.ValidationError):
                 outcome.undecodable.append(entry)
-                continue
-            if not await self._known(event.board_id):
+        # A board created a moment ago must not look unknown: its entries would be left to
+        # the claimer and applied after later ones, out of stream order.
+        await self.boards.ensure({event.board_id for _, event in decoded})
+        events: list[ScoreEvent] = []
+        ids: list[bytes] = []
+        for entry, event in decoded:
+            if event.board_id not in self.boards.boards:
                 outcome.unknown_board.append(entry)
                 continue
             events.append(event)
             ids.append(entry[0])
             if event.request_id and event.request_id not in outcome.request_ids:
                 outcome.request_ids.append(event.request_id)
+        persisted = Persisted(outcome, dict(self.boards.boards))
         if events:
-            await self._persist_and_apply(events, outcome)
+            await self._record_batch(events, persisted)
         outcome.ack.extend(ids)
-        return outcome
+        return persisted
 
-    async def _known(self, board_id: str) -> bool:
-        try:
-            await self.boards.get(board_id)
-        except UnknownBoard:
-            return False  # a database failure propagates instead: that batch is retried
-        return True
+    async def publish(self, persisted: Persisted) -> None:
+        """Write a persisted batch's absolute values to the sorted sets, tell waiters."""
+        boards = persisted.boards
+        before = await self._ranks(boards, persisted.waiting)
+        await rankcache.apply_rows(
+            self.redis, self.script, boards, persisted.rows, self.settings.retention_periods
+        )
+        await rankcache.set_names(self.redis, _names(persisted.new))
+        if persisted.waiting:
+            await self._notify(boards, persisted.waiting, before)
 
-    async def _persist_and_apply(self, events: list[ScoreEvent], outcome: Outcome) -> None:
-        boards = dict(self.boards.boards)
+    async def _record_batch(self, events: list[ScoreEvent], persisted: Persisted) -> None:
+        boards = persisted.boards
         first: dict[str, ScoreEvent] = {}
         for event in events:
             first.setdefault(event.event_id, event)
@@ -92,15 +119,10 @@ class Pipeline:
             old = [e for e in unique if e.event_id not in new_ids]
             rows = await _record(conn, boards, new) if new else []
             rows += await _read_back(conn, boards, old) if old else []
-        outcome.new_events, outcome.duplicates = len(new), len(events) - len(new)
-        waiting = [e for e in events if e.notify]
-        before = await self._ranks(boards, waiting)
-        await rankcache.apply_rows(
-            self.redis, self.script, boards, rows, self.settings.retention_periods
-        )
-        await rankcache.set_names(self.redis, _names(new))
-        if waiting:
-            await self._notify(boards, waiting, before)
+        persisted.rows, persisted.new = rows, new
+        persisted.waiting = [e for e in events if e.notify]
+        persisted.outcome.new_events = len(new)
+        persisted.outcome.duplicates = len(events) - len(new)
 
     async def _ranks(
         self, boards: dict[str, Board], events: list[ScoreEvent]

@@ -123,6 +123,13 @@ class BoardCache:
             raise UnknownBoard(board_id)
         return board
 
+    async def ensure(self, board_ids: set[str]) -> None:
+        """Reload unless every board is cached and the cache is fresh (no miss throttle:
+        for callers that must not take a board created a moment ago for an unknown one)."""
+        stale = time.monotonic() - self._loaded_at > self._ttl_s
+        if stale or not board_ids <= self._boards.keys():
+            await self.reload()
+
     def put(self, board: Board) -> None:
         """Record a board this process just created or changed."""
         self._boards = {**self._boards, board.id: board}

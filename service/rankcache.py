@@ -9,8 +9,9 @@ from pathlib import Path
 import msgspec
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
-from service import keys, periods
+from service import keys, periods, resp
 from service.models import Board, Window
 
 _APPLY_LUA = (Path(__file__).parent / "apply.lua").read_text()
@@ -55,18 +56,26 @@ def expire_at_ms(window: Window, period: str, retention: int) -> int:
     return int(end.timestamp() * 1000)
 
 
-def _set_args(
-    board: Board, window: Window, period: str, retention: int, items: list[tuple[str, ...]]
-) -> tuple[list[str], list[str]]:
-    key_args = [
-        keys.set_key(board.id, window, period),
-        keys.versions_key(board.id, window, period),
-        keys.revision_key(board.id),
+def _apply_command(
+    sha: bytes,
+    board: Board,
+    window: Window,
+    period: str,
+    retention: int,
+    items: list[tuple[str, ...]],
+) -> bytes:
+    parts = [
+        b"EVALSHA",
+        sha,
+        b"3",
+        keys.set_key(board.id, window, period).encode(),
+        keys.versions_key(board.id, window, period).encode(),
+        keys.revision_key(board.id).encode(),
+        str(expire_at_ms(window, period, retention)).encode(),
     ]
-    argv = [str(expire_at_ms(window, period, retention))]
     for item in items:
-        argv.extend(item)
-    return key_args, argv
+        parts.extend(arg.encode() for arg in item)
+    return resp.command(*parts)
 
 
 async def apply_rows(
@@ -76,7 +85,7 @@ async def apply_rows(
     rows: Iterable[ScoreRow | Removal],
     retention: int,
 ) -> int:
-    """Apply rows to their sets in one pipeline; return how many players changed."""
+    """Apply rows to their sets in one round trip; return how many players changed."""
     grouped: dict[tuple[str, Window, str], list[tuple[str, ...]]] = {}
     for row in rows:
         board = boards[row.board_id]
@@ -93,11 +102,18 @@ async def apply_rows(
         grouped.setdefault((row.board_id, row.window, row.period), []).append(item)
     if not grouped:
         return 0
-    async with redis.pipeline(transaction=False) as pipe:
-        for (board_id, window, period), items in grouped.items():
-            key_args, argv = _set_args(boards[board_id], window, period, retention, items)
-            await script(keys=key_args, args=argv, client=pipe)
-        results = await pipe.execute()
+    sha = str(script.sha).encode()
+    commands = [
+        _apply_command(sha, boards[board_id], window, period, retention, items)
+        for (board_id, window, period), items in grouped.items()
+    ]
+    try:
+        results = await resp.send(redis, commands)
+    except NoScriptError:
+        # A restarted Redis forgot the script. Every write is version-guarded, so sending
+        # the whole batch again after loading it is safe.
+        await redis.script_load(_APPLY_LUA)
+        results = await resp.send(redis, commands)
     return sum(int(n) for n in results)
 
 

@@ -28,14 +28,13 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
-from service import keys, moderation, periods, queries, rankcache
+from service import keys, moderation, periods, queries, rankcache, resp
 from service.models import Board, Window
 
 Progress = Callable[[int, int], Awaitable[None]]
@@ -131,34 +130,6 @@ def cache_rows(
     return out
 
 
-def _resp(*parts: bytes) -> bytes:
-    """One command in the Redis protocol."""
-    out = [b"*%d\r\n" % len(parts)]
-    out += [b"$%d\r\n%s\r\n" % (len(p), p) for p in parts]
-    return b"".join(out)
-
-
-async def _send(redis: Redis, commands: list[bytes]) -> None:
-    """Send pre-encoded commands on one pooled connection and read every reply."""
-    pool = redis.connection_pool
-    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-    try:
-        await conn.send_packed_command(commands)
-        failure: ResponseError | None = None
-        for _ in commands:
-            try:
-                await conn.read_response()
-            except ResponseError as exc:  # the stream of replies stays in step
-                failure = failure or exc
-        if failure is not None:
-            raise failure
-    except BaseException:
-        await conn.disconnect()
-        raise
-    finally:
-        await pool.release(conn)
-
-
 def _bulk_command(name: str, key: str, pairs: list[str], count: int) -> bytes:
     """A command of `count` pre-encoded argument pairs (ASCII: len() is the byte length)."""
     head = f"*{2 * count + 2}\r\n${len(name)}\r\n{name}\r\n${len(key)}\r\n{key}\r\n"
@@ -208,10 +179,11 @@ def _encode_chunk(
     ]
     names_key = keys.names_key(board.id).encode()
     commands += [
-        _resp(b"HSET", names_key, *names[i : i + 2 * step]) for i in range(0, len(names), 2 * step)
+        resp.command(b"HSET", names_key, *names[i : i + 2 * step])
+        for i in range(0, len(names), 2 * step)
     ]
     ttl = str(TEMP_TTL_MS).encode()
-    commands += [_resp(b"PEXPIRE", k.encode(), ttl) for k in (temp_set, temp_versions)]
+    commands += [resp.command(b"PEXPIRE", k.encode(), ttl) for k in (temp_set, temp_versions)]
     return commands, len(zadd)
 
 
@@ -246,14 +218,14 @@ async def rebuild_set(
             # Postgres produces chunk k+2 while this process encodes chunk k+1 and Redis
             # takes chunk k.
             upcoming = asyncio.ensure_future(cursor.fetch(chunk_rows))
-            sending: asyncio.Future[None] | None = None
+            sending: asyncio.Future[list[Any]] | None = None
             try:
                 while records := await upcoming:
                     upcoming = asyncio.ensure_future(cursor.fetch(chunk_rows))
                     commands, added = _encode_chunk(board, temp_set, temp_versions, records)
                     if sending is not None:
                         await sending
-                    sending = asyncio.ensure_future(_send(redis, commands))
+                    sending = asyncio.ensure_future(resp.send(redis, commands))
                     ranked += added
                     rows += len(records)
                     if progress is not None:
@@ -493,14 +465,18 @@ async def run_job(
     retention: int,
     window: Window | None = None,
     period: str | None = None,
+    before: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
-    """Run a rebuild job, recording its progress and outcome in its hash."""
+    """Run a rebuild job, recording its progress and outcome in its hash; `before` (e.g. a
+    recompute of the board's scores from its events) runs first, as part of the job."""
 
     async def progress(done: int, total: int) -> None:
         await _job_update(redis, job_id, state="running", done=done, total=total)
 
     await _job_update(redis, job_id, state="running")
     try:
+        if before is not None:
+            await before()
         report = await rebuild_board(
             redis, pg, board, retention=retention, window=window, period=period, progress=progress
         )
