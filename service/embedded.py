@@ -213,7 +213,7 @@ def _redis_ping(port: int) -> bool:
         return False
 
 
-def ensure_redis(data_dir: Path, port: int = 0) -> RunningServer:
+def ensure_redis(data_dir: Path, port: int = 0, appendfsync: str = "always") -> RunningServer:
     """Find the embedded Redis-compatible server under data_dir, or start it."""
     folder = data_dir.resolve() / "redis"
     _prepare_dir(folder)
@@ -230,7 +230,7 @@ def ensure_redis(data_dir: Path, port: int = 0) -> RunningServer:
         "--dir", str(folder),
         "--daemonize", "no",
         "--appendonly", "yes",
-        "--appendfsync", "everysec",
+        "--appendfsync", appendfsync,
         "--save", "",
         "--lazyfree-lazy-server-del", "yes",
         "--lazyfree-lazy-user-del", "yes",

@@ -33,6 +33,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     embedded_redis_port: Port = 0
     embedded_postgres_port: Port = 0
     embedded_postgres_fsync: bool = True
+    # `always`: an accepted submission survives even a crash of the Redis host.
+    embedded_redis_appendfsync: Literal["always", "everysec"] = "always"
 
     # HTTP API.
     host: str = "127.0.0.1"

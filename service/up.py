@@ -36,7 +36,9 @@ def resolve_servers(settings: Settings, stack: Stack | None = None) -> Settings:
     redis_url, database_url = settings.redis_url, settings.database_url
     data_dir = Path(settings.data_dir)
     if not redis_url:
-        server = embedded.ensure_redis(data_dir, settings.embedded_redis_port)
+        server = embedded.ensure_redis(
+            data_dir, settings.embedded_redis_port, settings.embedded_redis_appendfsync
+        )
         redis_url = server.url
         if stack is not None and server.started:
             stack.servers.append(server)
