@@ -86,7 +86,8 @@ class Worker:
     async def stop(self) -> None:
         """Finish the batches in hand, then close connections."""
         await self.settle()
-        with contextlib.suppress(*TRANSIENT):
+        # ResponseError: NOGROUP when Redis lost the group (run_workers then starts again)
+        with contextlib.suppress(*TRANSIENT, redis.exceptions.ResponseError):
             await asyncio.wait_for(self._finish_own_pending(), STOP_DRAIN_S)
         for task in (self.upkeep_task, self.coldstart_task):
             if task:

@@ -35,8 +35,8 @@ def combine(board: Board, current: Pending | None, event: ScoreEvent, at: dateti
     if board.operator == "increment":
         total = max(-MAX_SAFE, min(MAX_SAFE, current.score + event.score))
         return Pending(total, at)
-    if board.operator == "latest":
-        return Pending(event.score, at)
+    if board.operator == "latest":  # last accepted wins, as in the upsert's guard
+        return Pending(event.score, at) if at >= current.reached_at else current
     better = event.score > current.score if board.order == "desc" else event.score < current.score
     return Pending(event.score, at) if better else current
 

@@ -159,6 +159,7 @@ class Pipeline:
 
 
 async def _claim(conn: asyncpg.Connection, events: list[ScoreEvent]) -> set[str]:
+    events = sorted(events, key=lambda e: e.event_id)  # one lock order for all consumers
     rows = await conn.fetch(
         queries.CLAIM_EVENT_IDS,
         [e.event_id for e in events],
@@ -191,7 +192,8 @@ async def _record(
     }
     counted = [e for e in events if e.player_id not in banned]
     groups: dict[tuple[str, str], list[tuple[Key, int, datetime]]] = defaultdict(list)
-    for key, pending in fold(boards, counted).items():
+    # Sorted, so concurrent consumers lock rows in one order and never deadlock.
+    for key, pending in sorted(fold(boards, counted).items()):
         board = boards[key[0]]
         groups[(board.operator, board.order)].append((key, pending.score, pending.reached_at))
     changed: list[rankcache.ScoreRow] = []

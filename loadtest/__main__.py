@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from loadtest import ingest, reads
+from loadtest import ingest, reads, rebuild
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("reads", help="top-10, player rank and around-me with wrk")
     reads.add_arguments(p)
     p.set_defaults(func=reads.run)
+    p = sub.add_parser("rebuild", help="rebuild of a 1,000,000-player board from Postgres")
+    rebuild.add_arguments(p)
+    p.set_defaults(func=rebuild.run)
     sub.add_parser("report", help="regenerate RESULTS.md from results/*.json").set_defaults(
         func=lambda _args: _report()
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import datetime
 from typing import Literal
 
 import asyncpg
@@ -13,13 +14,19 @@ Role = Literal["admin", "client"]
 PREFIX = "rs_"
 
 
-class KeyInfo(msgspec.Struct, frozen=True):
+class KeyInfo(msgspec.Struct, frozen=True, kw_only=True):
     """A stored key, without its secret."""
 
     id: int
     role: Role
     name: str
-    revoked: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @property
+    def revoked(self) -> bool:
+        """True once the key was revoked."""
+        return self.revoked_at is not None
 
 
 def digest(key: str) -> bytes:
@@ -57,3 +64,36 @@ async def lookup(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> Role | No
         "SELECT role FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", digest(key)
     )
     return role
+
+
+async def list_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[KeyInfo]:
+    """Every key, oldest first, without secrets."""
+    rows = await conn.fetch(
+        "SELECT id, role, name, created_at, revoked_at FROM api_keys ORDER BY id"
+    )
+    return [
+        KeyInfo(
+            id=r["id"],
+            role=r["role"],
+            name=r["name"],
+            created_at=r["created_at"],
+            revoked_at=r["revoked_at"],
+        )
+        for r in rows
+    ]
+
+
+async def revoke(conn: asyncpg.Connection | asyncpg.Pool, key_id: int) -> bool | None:
+    """Revoke a key by id: True if revoked now, False if it already was, None if unknown.
+    API processes refuse it once their key cache forgets it (`key_cache_ttl_s`)."""
+    status: str | None = await conn.fetchval(
+        """
+        WITH k AS (SELECT id, revoked_at FROM api_keys WHERE id = $1 FOR UPDATE),
+             u AS (UPDATE api_keys SET revoked_at = now()
+                   WHERE id = $1 AND revoked_at IS NULL RETURNING id)
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM u) THEN 'revoked'
+                    WHEN EXISTS (SELECT 1 FROM k) THEN 'already' END
+        """,
+        key_id,
+    )
+    return None if status is None else status == "revoked"

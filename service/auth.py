@@ -18,8 +18,11 @@ _RANK = {"reader": 0, "client": 1, "admin": 2}
 class KeyCache:
     """Key -> role (or None), remembered for a short while so each request costs no query."""
 
-    def __init__(self, pg: asyncpg.Pool, bootstrap_admin_key: str = "") -> None:
+    def __init__(
+        self, pg: asyncpg.Pool, bootstrap_admin_key: str = "", ttl_s: float = CACHE_TTL_S
+    ) -> None:
         self._pg = pg
+        self._ttl_s = ttl_s
         self._bootstrap = bootstrap_admin_key
         self._cache: dict[str, tuple[float, apikeys.Role | None]] = {}
 
@@ -29,13 +32,17 @@ class KeyCache:
             return "admin"
         now = time.monotonic()
         hit = self._cache.get(key)
-        if hit and now - hit[0] < CACHE_TTL_S:
+        if hit and now - hit[0] < self._ttl_s:
             return hit[1]
         role = await apikeys.lookup(self._pg, key)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key] = (now, role)
         return role
+
+    def forget(self) -> None:
+        """Drop every remembered key (this process only; others wait out the TTL)."""
+        self._cache.clear()
 
 
 def bearer(headers: Any) -> str | None:

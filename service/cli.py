@@ -68,20 +68,116 @@ def cmd_servers(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    """Create an API key and print it once."""
+    """Create an API key (printed once), list keys, or revoke one."""
     settings = up.resolve_servers(_settings(args))
+    if args.action == "create" and args.role is None:
+        print("rankstream: keys create needs --role", file=sys.stderr)
+        return 2
+    if args.action == "revoke" and args.id is None:
+        print("rankstream: keys revoke needs a key id (see `keys list`)", file=sys.stderr)
+        return 2
 
-    async def create() -> str:
-        key = apikeys.generate()
+    async def run() -> int:
         pool = await pg_pool(settings)
         try:
-            await apikeys.store(pool, key, args.role, args.name)
+            if args.action == "create":
+                key = apikeys.generate()
+                await apikeys.store(pool, key, args.role, args.name)
+                print(key)
+                return 0
+            if args.action == "list":
+                found = await apikeys.list_keys(pool)
+                if args.json:
+                    print(msgspec.json.format(msgspec.json.encode(found)).decode())
+                    return 0
+                for k in found:
+                    state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "live"
+                    print(f"{k.id:>6}  {k.role:6}  {state:24}  {k.created_at:%Y-%m-%d}  {k.name}")
+                return 0
+            done = await apikeys.revoke(pool, args.id)
         finally:
             await pool.close()
-        return key
+        if done is None:
+            print(f"rankstream: no key with id {args.id}", file=sys.stderr)
+            return 1
+        print(f"key {args.id} revoked" if done else f"key {args.id} was already revoked")
+        print(
+            f"API processes refuse it within {settings.key_cache_ttl_s:g}s (their key cache)",
+            file=sys.stderr,
+        )
+        return 0
 
-    print(asyncio.run(create()))
-    return 0
+    return asyncio.run(run())
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    """List dead letters, or replay them into the submission stream."""
+    from service import dead_letters
+
+    settings = up.resolve_servers(_settings(args))
+
+    async def run() -> int:
+        pool = await pg_pool(settings)
+        redis = redis_client(settings)
+        try:
+            if args.action == "list":
+                found = await dead_letters.list_dead_letters(pool, replayed=args.all)
+                if args.json:
+                    print(msgspec.json.format(msgspec.json.encode(found)).decode())
+                    return 0
+                for d in found:
+                    what = (
+                        f"{d.board_id}/{d.player_id} score={d.score} event={d.event_id}"
+                        if d.event_id is not None
+                        else f"undecodable {d.payload!r}"
+                    )
+                    replayed = f" replayed {d.replayed_at:%Y-%m-%d %H:%M}" if d.replayed_at else ""
+                    print(f"{d.id:>6}  {d.created_at:%Y-%m-%d %H:%M}  {d.reason}: {what}{replayed}")
+                print(f"{len(found)} dead letter(s)", file=sys.stderr)
+                return 0
+            ids = list(args.ids) if args.ids else None
+            result = await dead_letters.replay(redis, pool, settings.stream_key, ids)
+        finally:
+            await redis.aclose()
+            await pool.close()
+        print(f"replayed {len(result.replayed)}: {' '.join(map(str, result.replayed))}".rstrip())
+        if result.undecodable:
+            print(f"left alone (undecodable): {' '.join(map(str, result.undecodable))}")
+        if result.not_found:
+            print(f"not found: {' '.join(map(str, result.not_found))}", file=sys.stderr)
+            return 1
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_partitions(args: argparse.Namespace) -> int:
+    """Detach old monthly score_events partitions (kept as plain tables for archiving)."""
+    from service import partitions
+
+    settings = up.resolve_servers(_settings(args))
+    try:
+        before = partitions.parse_month(args.before)
+    except ValueError as exc:
+        print(f"rankstream: --before: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        pool = await pg_pool(settings)
+        try:
+            done = await partitions.detach_before(pool, before, dry_run=args.dry_run)
+        except ValueError as exc:
+            print(f"rankstream: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            await pool.close()
+        verb = "would detach" if args.dry_run else "detached"
+        for d in done:
+            print(f"{verb} {d.table} ({d.month}, {d.rows} events)")
+        print(f"{verb} {len(done)} partition(s)", file=sys.stderr)
+        return 0
+
+    return asyncio.run(run())
 
 
 def _board_or_exit(board_id: str, found: dict[str, Board]) -> Board | None:
@@ -93,7 +189,7 @@ def _board_or_exit(board_id: str, found: dict[str, Board]) -> Board | None:
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
     """Rebuild a board's sorted sets from Postgres with no downtime."""
-    from service import boards, rebuild
+    from service import boards, rebuild, recompute
 
     settings = up.resolve_servers(_settings(args))
     if args.period is not None and args.window is None:
@@ -117,6 +213,21 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
                 except ValueError as exc:
                     print(f"rankstream: --period: {exc}", file=sys.stderr)
                     return 2
+
+            if args.from_events:
+                if args.window is not None:
+                    print("rankstream: --from-events rebuilds every window", file=sys.stderr)
+                    return 2
+                try:
+                    redone = await recompute.recompute_board(pool, board)
+                except recompute.EventsDetached as exc:
+                    print(f"rankstream: {exc}", file=sys.stderr)
+                    return 1
+                print(
+                    f"recomputed {redone.rows} rows (were {redone.rows_before}) from"
+                    f" {redone.events} events, version {redone.version},"
+                    f" {redone.seconds:.2f}s"
+                )
 
             async def progress(done: int, total: int) -> None:
                 width = 30
@@ -207,13 +318,34 @@ def parser() -> argparse.ArgumentParser:
     p = command("servers", cmd_servers)
     p.add_argument("action", choices=["start", "stop"])
     p = command("keys", cmd_keys)
-    p.add_argument("action", choices=["create"])
-    p.add_argument("--role", choices=["admin", "client"], required=True)
-    p.add_argument("--name", default="")
+    p.add_argument("action", choices=["create", "list", "revoke"])
+    p.add_argument("id", nargs="?", type=int, help="key id (revoke)")
+    p.add_argument("--role", choices=["admin", "client"], help="role of a new key (create)")
+    p.add_argument("--name", default="", help="label of a new key (create)")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p = command("dlq", cmd_dlq)
+    p.add_argument("action", choices=["list", "replay"])
+    p.add_argument(
+        "ids",
+        nargs="*",
+        type=int,
+        help="dead letter ids to replay (default: every one not replayed)",
+    )
+    p.add_argument("--all", action="store_true", help="list replayed ones too")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p = command("partitions", cmd_partitions)
+    p.add_argument("action", choices=["detach"])
+    p.add_argument("--before", required=True, help="YYYY-MM: detach the months before it")
+    p.add_argument("--dry-run", action="store_true", help="only show what would be detached")
     p = command("rebuild", cmd_rebuild)
     p.add_argument("board")
     p.add_argument("--window", choices=["all", "daily", "weekly", "monthly"])
     p.add_argument("--period", help="period id, `current` or `previous` (needs --window)")
+    p.add_argument(
+        "--from-events",
+        action="store_true",
+        help="first recompute player_scores from score_events (after changing the operator)",
+    )
     p = command("reconcile", cmd_reconcile)
     p.add_argument("board")
     p.add_argument("--fix", action="store_true", help="repair the drift found")

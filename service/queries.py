@@ -54,18 +54,21 @@ SET score = {new},
     version = p.version + 1,
     reached_at = EXCLUDED.reached_at,
     updated_at = now()
-WHERE {new} <> p.score
+WHERE {new} <> p.score{guard}
 RETURNING board_id, window_name, period, player_id, score, version, reached_at
 """
 _CLAMP = "LEAST(GREATEST({}, -9007199254740991), 9007199254740991)"
+# `latest` means last accepted, not last committed: with several consumers a batch may
+# commit after a newer one, and must not overwrite it.
+_LATER = "\n  AND EXCLUDED.reached_at >= p.reached_at"
 
 UPSERT_SCORES = {
-    ("best", "desc"): _UPSERT.format(new="GREATEST(p.score, EXCLUDED.score)"),
-    ("best", "asc"): _UPSERT.format(new="LEAST(p.score, EXCLUDED.score)"),
-    ("latest", "desc"): _UPSERT.format(new="EXCLUDED.score"),
-    ("latest", "asc"): _UPSERT.format(new="EXCLUDED.score"),
-    ("increment", "desc"): _UPSERT.format(new=_CLAMP.format("p.score + EXCLUDED.score")),
-    ("increment", "asc"): _UPSERT.format(new=_CLAMP.format("p.score + EXCLUDED.score")),
+    ("best", "desc"): _UPSERT.format(new="GREATEST(p.score, EXCLUDED.score)", guard=""),
+    ("best", "asc"): _UPSERT.format(new="LEAST(p.score, EXCLUDED.score)", guard=""),
+    ("latest", "desc"): _UPSERT.format(new="EXCLUDED.score", guard=_LATER),
+    ("latest", "asc"): _UPSERT.format(new="EXCLUDED.score", guard=_LATER),
+    ("increment", "desc"): _UPSERT.format(new=_CLAMP.format("p.score + EXCLUDED.score"), guard=""),
+    ("increment", "asc"): _UPSERT.format(new=_CLAMP.format("p.score + EXCLUDED.score"), guard=""),
 }
 
 UPSERT_PLAYERS = """

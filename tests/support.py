@@ -28,6 +28,7 @@ class Model:
     boards: dict[str, dict[str, Any]] = field(default_factory=dict)
     values: dict[Key, int] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
+    times: dict[Key, int] = field(default_factory=dict)
 
     def submit(self, board_id: str, player: str, score: int, event_id: str, at_ms: int) -> None:
         if event_id in self.seen:
@@ -38,7 +39,12 @@ class Model:
         for window in board["windows"]:
             key = (board_id, window, periods.period_id(window, at), player)
             old = self.values.get(key)
-            if old is None or board["operator"] == "latest":
+            if board["operator"] == "latest":
+                if old is not None and at_ms < self.times.get(key, at_ms):
+                    continue  # last accepted wins, whatever order it arrives in
+                self.times[key] = at_ms
+                new = score
+            elif old is None:
                 new = score
             elif board["operator"] == "increment":
                 new = max(-MAX_SAFE, min(MAX_SAFE, old + score))

@@ -7,13 +7,13 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, delete, get, post
 from litestar.params import Parameter
 
-from service import moderation, periods, rebuild
+from service import dead_letters, moderation, periods, rebuild, recompute
 from service.auth import authorize
 from service.boards import UnknownBoard
 from service.models import BoardId, PlayerId, Window
@@ -66,10 +66,17 @@ async def start_rebuild(
     period: str | None = Parameter(
         default=None, description="Only this period of `window` (`current`, `previous`, id)."
     ),
+    from_events: bool = Parameter(
+        default=False,
+        description="First recompute the board's scores from its events (e.g. after changing"
+        " its operator); every window.",
+    ),
 ) -> JobAccepted:
     """202 with a job id; `GET /v1/admin/jobs/{id}` follows its progress."""
     await _admin(request, services)
     board = await find_board(services, board_id)
+    if from_events and window is not None:
+        raise invalid("window", "from_events recomputes every window: leave window out")
     if window is not None and window not in board.windows:
         raise invalid("window", f"must be one of {', '.join(board.windows)} on this board")
     if period is not None:
@@ -89,6 +96,7 @@ async def start_rebuild(
             retention=services.settings.retention_periods,
             window=window,
             period=period,
+            before=(lambda: recompute.recompute_board(services.pg, board)) if from_events else None,
         ),
         f"rebuild job {job_id}",
     )
@@ -239,7 +247,54 @@ async def delete_board(
     )
 
 
+class DeadLetterList(msgspec.Struct, frozen=True):
+    """Dead letters, oldest first."""
+
+    dead_letters: list[dead_letters.DeadLetter]
+
+
+class ReplayRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Which dead letters to replay: the given ids, or (null) every one not replayed yet."""
+
+    ids: list[Annotated[int, msgspec.Meta(ge=1)]] | None = msgspec.field(default=None)
+
+
+@get("/v1/admin/dead-letters", tags=["admin"], summary="Dead letters (admin).")
+async def list_dead_letters(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    replayed: bool = Parameter(default=False, description="Include replayed ones too."),
+    limit: int = Parameter(default=100, ge=1, le=dead_letters.LIST_LIMIT),
+) -> DeadLetterList:
+    """Poison entries the consumers set aside, with what could be decoded of them."""
+    await _admin(request, services)
+    found = await dead_letters.list_dead_letters(services.pg, replayed=replayed, limit=limit)
+    return DeadLetterList(dead_letters=found)
+
+
+@post(
+    "/v1/admin/dead-letters/replay",
+    tags=["admin"],
+    summary="Replay dead letters into the submission stream (admin).",
+    status_code=200,
+)
+async def replay_dead_letters(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    data: ReplayRequest,
+) -> dead_letters.ReplayResult:
+    """Each is applied at most once (its event_id); undecodable ones are left alone."""
+    await _admin(request, services)
+    if data.ids is not None and not data.ids:
+        raise invalid("ids", "must not be empty (send null to replay every one)")
+    return await dead_letters.replay(
+        services.redis, services.pg, services.settings.stream_key, data.ids
+    )
+
+
 ROUTES = [
+    list_dead_letters,
+    replay_dead_letters,
     start_rebuild,
     get_job,
     ban_player,

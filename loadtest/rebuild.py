@@ -1,0 +1,190 @@
+"""`rebuild`: rebuild the sorted set of a board of N ranked players from Postgres.
+
+The players go into Postgres the fast way but as real data (`player_scores` rows with
+asyncpg's COPY, display names in `players`, as in `reads`). Then, in this process, the
+same code as `rankstream rebuild` (`service.rebuild.rebuild_board`) runs `--runs` times
+into an empty Redis (the cold start: nothing to swap over) and `--runs` times over the
+existing set (the operator's rebuild: RENAME over a full set, freed lazily), and once
+through the cold-start path (`service.coldstart.recover_board` after FLUSHALL). Every run
+is checked: ZCARD equals N and a sample of members has its Postgres score.
+
+Goal from issue 5: <= 4 s for 1,000,000 players on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from loadtest import machine, results
+from loadtest.stack import BOARD_ID, Harness
+from loadtest.stats import figure
+from service import coldstart, keys, rebuild
+from service.connections import pg_pool
+from service.models import Board
+
+PREFIX = "player-"
+TARGET_S = 4.0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--players", type=int, default=1_000_000, help="ranked players (1000000)")
+    p.add_argument("--runs", type=int, default=3, help="rebuilds of each kind (3)")
+    p.add_argument("--no-fsync", action="store_true", help="embedded PostgreSQL with fsync=off")
+    p.add_argument("--keep-data", action="store_true")
+    p.add_argument("--seed", type=int, default=1)
+
+
+async def load_postgres(harness: Harness, n: int, seed: int) -> dict[str, Any]:
+    """N rows of the board's `all` set and N named players, by COPY."""
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    t0 = time.perf_counter()
+    conn = await harness.pg()
+    try:
+        await conn.copy_records_to_table(
+            "player_scores",
+            records=(
+                (BOARD_ID, "all", "all", f"{PREFIX}{i}", rng.randrange(100_000_000), 1, now, now)
+                for i in range(n)
+            ),
+            columns=[
+                "board_id", "window_name", "period", "player_id",
+                "score", "version", "reached_at", "updated_at",
+            ],
+        )  # fmt: skip
+        await conn.copy_records_to_table(
+            "players",
+            records=((f"{PREFIX}{i}", f"Player {i}") for i in range(n)),
+            columns=["player_id", "display_name"],
+        )
+        await conn.execute("ANALYZE player_scores; ANALYZE players")
+    finally:
+        await conn.close()
+    return {"players": n, "postgres_copy_s": round(time.perf_counter() - t0, 2)}
+
+
+async def _check(redis: Redis, harness: Harness, n: int, seed: int) -> bool:
+    """ZCARD == N and 1,000 sampled members carry their Postgres score (negated: desc)."""
+    key = keys.set_key(BOARD_ID, "all", "all")
+    if await redis.zcard(key) != n:
+        return False
+    sample = [f"{PREFIX}{i}" for i in random.Random(seed).sample(range(n), min(n, 1_000))]
+    conn = await harness.pg()
+    try:
+        rows = await conn.fetch(
+            "SELECT player_id, score FROM player_scores"
+            " WHERE board_id = $1 AND player_id = ANY($2::text[])",
+            BOARD_ID,
+            sample,
+        )
+    finally:
+        await conn.close()
+    stored = await redis.zmscore(key, sample)
+    expected = {r["player_id"]: -r["score"] for r in rows}
+    return all(expected[p] == s for p, s in zip(sample, stored, strict=True))
+
+
+async def measure(harness: Harness, board: Board, args: argparse.Namespace) -> dict[str, Any]:
+    """Every timed rebuild, with its check."""
+    settings = harness.settings
+    redis = Redis.from_url(settings.redis_url)
+    pool = await pg_pool(settings)
+    runs: list[dict[str, Any]] = []
+    try:
+        for kind in ("empty", "over"):
+            for i in range(args.runs):
+                if kind == "empty":
+                    await redis.flushall()
+                elif i == 0 and not await redis.exists(keys.set_key(BOARD_ID, "all", "all")):
+                    await rebuild.rebuild_board(redis, pool, board, retention=2)
+                load = machine.loadavg()
+                t0 = time.perf_counter()
+                report = await rebuild.rebuild_board(redis, pool, board, retention=2)
+                seconds = time.perf_counter() - t0
+                ok = await _check(redis, harness, args.players, args.seed + i)
+                runs.append({"kind": kind, "seconds": round(seconds, 3), "rows": report.rows,
+                             "ok": ok, "loadavg_before": load})  # fmt: skip
+                print(f"  rebuild ({kind}) {i + 1}: {seconds:.2f}s ok={ok} load {load}", flush=True)
+        await redis.flushall()
+        load = machine.loadavg()
+        t0 = time.perf_counter()
+        recovered = await coldstart.recover_board(redis, pool, board, 2)
+        seconds = time.perf_counter() - t0
+        ok = recovered is not None and await _check(redis, harness, args.players, args.seed)
+        runs.append({"kind": "coldstart", "seconds": round(seconds, 3), "ok": ok,
+                     "loadavg_before": load})  # fmt: skip
+        print(f"  cold-start recovery: {seconds:.2f}s ok={ok} load {load}", flush=True)
+    finally:
+        await pool.close()
+        await redis.aclose()
+    return {"runs": runs}
+
+
+def run(args: argparse.Namespace) -> int:
+    info = machine.describe()
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    load_start = machine.loadavg()
+    print(f"rebuild: load average at start {load_start}", flush=True)
+    sampler = machine.LoadSampler().start()
+    out: dict[str, Any] = {
+        "scenario": "rebuild",
+        "started_at": started_at,
+        "machine": info,
+        "load": {"at_start": load_start, "busy_processes_at_start": machine.busy_processes()},
+        "parameters": {k: v for k, v in vars(args).items() if k != "func"},
+        "load_generator": "none: rebuild_board in the harness process (as `rankstream rebuild`)",
+        "figures": [],
+        "runs": [],
+        "notes": [],
+    }
+    failed = False
+    try:
+        with Harness(keep_data=args.keep_data, fsync=not args.no_fsync) as harness:
+            harness.start_servers()
+            board = asyncio.run(harness.create_board(["all"]))
+            print(f"loading {args.players:,} players into Postgres...", flush=True)
+            out["data"] = asyncio.run(load_postgres(harness, args.players, args.seed))
+            print(f"loaded: {out['data']}", flush=True)
+            measured = asyncio.run(measure(harness, board, args))
+            out["runs"] = measured["runs"]
+    except Exception as exc:
+        out["notes"].append(f"the run failed: {type(exc).__name__}: {exc}"[:2000])
+        print(f"rebuild failed: {exc}", flush=True)
+        failed = True
+    labels = {
+        "empty": "into an empty Redis",
+        "over": "over the existing set",
+        "coldstart": "cold start (FLUSHALL, then the consumers' recovery path)",
+    }
+    for kind, label in labels.items():
+        times = [r["seconds"] for r in out["runs"] if r["kind"] == kind]
+        if not times:
+            continue
+        checks = all(r["ok"] for r in out["runs"] if r["kind"] == kind)
+        note = (
+            f"{len(times)} run(s): " + ", ".join(f"{t:.2f}s" for t in times)
+            + f"; checks {'passed' if checks else 'FAILED'}"
+        )  # fmt: skip
+        out["figures"].append(
+            figure(
+                f"rebuild {args.players:,} players {label}, median",
+                round(statistics.median(times), 2),
+                "s",
+                TARGET_S,
+                "<=",
+                note,
+            )
+        )
+        failed = failed or not checks
+    out["load"].update(sampler.stop())
+    path = results.write("rebuild", out)
+    print(f"results: {path}\n{results.RESULTS_MD}", flush=True)
+    return 1 if failed else 0
