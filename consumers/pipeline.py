@@ -17,9 +17,9 @@ import asyncpg
 import msgspec
 from redis.asyncio import Redis
 
-from consumers.combine import Key, fold, keys_of
 from service import periods, queries, rankcache, stream
 from service.boards import BoardCache
+from service.combine import Key, fold, keys_of
 from service.models import Applied, Board, ScoreEvent
 from service.settings import Settings
 

@@ -8,9 +8,18 @@ from collections.abc import Mapping
 from datetime import datetime
 
 import asyncpg
+import msgspec
 
 from service import periods, queries
-from service.models import Board, BoardCreate, BoardView, PeriodInfo
+from service.models import (
+    Board,
+    BoardCreate,
+    BoardPatch,
+    BoardView,
+    InvalidField,
+    PeriodInfo,
+    check_metadata,
+)
 
 
 class BoardExists(Exception):
@@ -58,6 +67,36 @@ async def create(pg: asyncpg.Pool | asyncpg.Connection, spec: BoardCreate) -> Bo
     )
     if row is None:
         raise BoardExists(spec.id)
+    return _board(row)
+
+
+async def patch(pg: asyncpg.Pool | asyncpg.Connection, board: Board, change: BoardPatch) -> Board:
+    """Change what needs no rebuild: title, bounds, metadata (UnknownBoard if gone)."""
+    merged = msgspec.structs.replace(
+        board,
+        **{
+            name: getattr(change, name)
+            for name in change.__struct_fields__
+            if getattr(change, name) is not msgspec.UNSET
+        },
+    )
+    if (
+        merged.min_score is not None
+        and merged.max_score is not None
+        and merged.min_score > merged.max_score
+    ):
+        raise InvalidField("min_score", "must not be greater than max_score")
+    check_metadata(merged.metadata)
+    row = await pg.fetchrow(
+        queries.UPDATE_BOARD,
+        board.id,
+        merged.title,
+        merged.min_score,
+        merged.max_score,
+        merged.metadata,
+    )
+    if row is None:
+        raise UnknownBoard(board.id)
     return _board(row)
 
 

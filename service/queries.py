@@ -17,6 +17,13 @@ SELECT_BOARDS = f"SELECT {BOARD_COLUMNS} FROM leaderboards ORDER BY id"
 
 SELECT_BOARD = f"SELECT {BOARD_COLUMNS} FROM leaderboards WHERE id = $1"
 
+UPDATE_BOARD = f"""
+UPDATE leaderboards
+SET title = $2, min_score = $3, max_score = $4, metadata = $5, updated_at = now()
+WHERE id = $1
+RETURNING {BOARD_COLUMNS}
+"""
+
 COUNT_PLAYERS = """
 SELECT window_name, period, count(*) AS players
 FROM player_scores

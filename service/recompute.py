@@ -7,7 +7,7 @@ One transaction:
    before the lock is in the events read below; a batch still open is applied after the
    commit, on top of the recomputed rows.
 2. The board's events, in acceptance order, are folded per (window, period of acceptance,
-   player) with the consumers' own rule (`consumers.combine`), under the board's CURRENT
+   player) with the consumers' own rule (`service.combine`), under the board's CURRENT
    configuration.
 3. The board's rows are deleted and the new ones copied in, every one with
    `version = (highest version the board had) + 1`, so no value written to Redis under
@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 import asyncpg
 import msgspec
 
-from consumers.combine import Key, Pending, combine, keys_of
 from service import periods
+from service.combine import Key, Pending, combine, keys_of
 from service.models import Board, ScoreEvent
 
 CHUNK_ROWS = 50_000

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from litestar import Request, get, post
+from litestar import Request, get, patch, post
 from litestar.params import Parameter
 
 from service import boards
 from service.auth import authorize
-from service.models import Board, BoardCreate, BoardId, BoardList, BoardView
+from service.models import Board, BoardCreate, BoardId, BoardList, BoardPatch, BoardView
 from service.problems import Problem, decode_body
 from service.routes.limiting import limit
 from service.state import Services
@@ -65,4 +65,29 @@ async def get_board(
     return await boards.view(services.pg, board, datetime.now(UTC))
 
 
-ROUTES = [create_board, list_boards, get_board]
+@patch(
+    "/v1/leaderboards/{board_id:str}",
+    tags=["leaderboards"],
+    summary="Change a leaderboard's title, bounds or metadata (admin).",
+)
+async def patch_board(
+    request: Request,  # type: ignore[type-arg]
+    services: Services,
+    data: BoardPatch,
+    board_id: BoardId = Parameter(title="Leaderboard id"),
+) -> BoardView:
+    """Order, operator, windows and ties stay: changing them means `rebuild --from-events`."""
+    await authorize(services.keys, request.headers, "admin", services.settings.public_reads)
+    data = decode_body(await request.body(), BoardPatch)  # strict: `data` above only documents it
+    board = await find_board(services, board_id)
+    try:
+        changed = await boards.patch(services.pg, board, data)
+    except boards.UnknownBoard:
+        raise Problem(
+            404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="id"
+        ) from None
+    services.boards.put(changed)
+    return await boards.view(services.pg, changed, datetime.now(UTC))
+
+
+ROUTES = [create_board, list_boards, get_board, patch_board]
