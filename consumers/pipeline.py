@@ -207,7 +207,7 @@ async def _record(
             [score for _, score, _ in items],
             [at for _, _, at in items],
         )
-        changed.extend(_rows(rows))
+        changed.extend(rankcache.rows_from_records(rows))
     await _upsert_players(conn, events)
     return changed
 
@@ -223,22 +223,7 @@ async def _read_back(
         [k[2] for k in keys],
         [k[3] for k in keys],
     )
-    return _rows(rows)
-
-
-def _rows(records: list[asyncpg.Record]) -> list[rankcache.ScoreRow]:
-    return [
-        rankcache.ScoreRow(
-            board_id=r["board_id"],
-            window=r["window_name"],
-            period=r["period"],
-            player_id=r["player_id"],
-            score=r["score"],
-            version=r["version"],
-            reached_at=r["reached_at"],
-        )
-        for r in records
-    ]
+    return rankcache.rows_from_records(rows)
 
 
 async def _upsert_players(conn: asyncpg.Connection, events: list[ScoreEvent]) -> None:

@@ -93,21 +93,6 @@ class UnknownPlayer(Exception):
     """Nothing is stored about that player (or that entry)."""
 
 
-def _rows(records: Iterable[asyncpg.Record]) -> list[rankcache.ScoreRow]:
-    return [
-        rankcache.ScoreRow(
-            board_id=r["board_id"],
-            window=r["window_name"],
-            period=r["period"],
-            player_id=r["player_id"],
-            score=r["score"],
-            version=r["version"],
-            reached_at=r["reached_at"],
-        )
-        for r in records
-    ]
-
-
 async def set_banned(
     redis: Redis,
     pg: asyncpg.Pool,
@@ -119,7 +104,7 @@ async def set_banned(
     """Ban (hide from every board) or unban (restore) a player."""
     async with pg.acquire() as conn, conn.transaction():
         await conn.execute(queries.SET_BANNED, player_id, banned)
-        rows = _rows(await conn.fetch(queries.BUMP_PLAYER_ROWS, player_id))
+        rows = rankcache.rows_from_records(await conn.fetch(queries.BUMP_PLAYER_ROWS, player_id))
     known = [r for r in rows if r.board_id in boards]
     changes: list[rankcache.ScoreRow | rankcache.Removal] = []
     for r in known:

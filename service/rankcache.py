@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
@@ -27,6 +28,23 @@ class ScoreRow(msgspec.Struct, frozen=True):
     score: int
     version: int
     reached_at: datetime
+
+
+def rows_from_records(records: Iterable[Mapping[str, Any]]) -> list[ScoreRow]:
+    """ScoreRows of `player_scores` records (columns board_id, window_name, period,
+    player_id, score, version, reached_at)."""
+    return [
+        ScoreRow(
+            board_id=r["board_id"],
+            window=r["window_name"],
+            period=r["period"],
+            player_id=r["player_id"],
+            score=r["score"],
+            version=r["version"],
+            reached_at=r["reached_at"],
+        )
+        for r in records
+    ]
 
 
 class Removal(msgspec.Struct, frozen=True):
