@@ -123,20 +123,21 @@ class Worker:
         """Handle entries delivered to this consumer that never reached the handler.
 
         FastStream drops a batch it read while stopping; those entries are pending under
-        this consumer's name. Finishing them here beats leaving them to another consumer's
-        claimer, which would apply them after newer entries.
+        this consumer's names (the reader's and the claimer's). Finishing them here beats
+        leaving them to another consumer's claimer, which would apply them after newer ones.
         """
-        reply: Any = await self.redis.xreadgroup(
-            self.settings.consumer_group,
-            self.name,
-            {self.settings.stream_key: "0"},
-            count=self.settings.batch_size,
-        )
-        for _stream, messages in reply or []:
-            # An entry trimmed away meanwhile comes back with no fields: nothing to do.
-            entries: list[Entry] = [(i, fields) for i, fields in messages if fields]
-            if entries:
-                await self.handle(entries, claimed=True)
+        for name in (self.name, claimer_name(self.name)):
+            reply: Any = await self.redis.xreadgroup(
+                self.settings.consumer_group,
+                name,
+                {self.settings.stream_key: "0"},
+                count=self.settings.batch_size,
+            )
+            for _stream, messages in reply or []:
+                # An entry trimmed away meanwhile comes back with no fields: nothing to do.
+                entries: list[Entry] = [(i, fields) for i, fields in messages if fields]
+                if entries:
+                    await self.handle(entries, claimed=True)
 
     async def settle(self) -> None:
         """Wait for the batch being written to Redis, if any."""
@@ -272,6 +273,11 @@ def _entries(message: StreamMessage[Any]) -> list[Entry]:
     return list(zip(raw["message_ids"], raw["data"], strict=True))
 
 
+def claimer_name(reader: str) -> str:
+    """The claimer subscriber's consumer name, beside its reader's."""
+    return reader + "-claimer"
+
+
 def consumer_name() -> str:
     """Unique per process, stable for its lifetime."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -296,7 +302,7 @@ def build(settings: Settings, signals: list[int] | None = None) -> FastStream:
     claimer = StreamSub(
         settings.stream_key,
         group=settings.consumer_group,
-        consumer=worker.name + "-claimer",
+        consumer=claimer_name(worker.name),
         min_idle_time=settings.claim_idle_ms,
         polling_interval=settings.claim_interval_ms,
     )

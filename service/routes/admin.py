@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, delete, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, Parameter
 
 from service import dead_letters, moderation, periods, rebuild, recompute
 from service.auth import authorize
@@ -60,7 +61,7 @@ async def _admin(request: Request, services: Services) -> None:  # type: ignore[
 )
 async def start_rebuild(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
+    services: NamedDependency[Services],
     board_id: BoardId = Parameter(title="Leaderboard id"),
     window: Window | None = Parameter(default=None, description="Only this window."),
     period: str | None = Parameter(
@@ -106,7 +107,7 @@ async def start_rebuild(
 @get("/v1/admin/jobs/{job_id:str}", tags=["admin"], summary="A background job's progress.")
 async def get_job(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
+    services: NamedDependency[Services],
     job_id: str = Parameter(title="Job id", max_length=64),
 ) -> rebuild.JobView:
     """State (`queued`, `running`, `done`, `failed`), rows done of total, the report."""
@@ -137,7 +138,7 @@ async def _ban(services: Services, player_id: str, banned: bool) -> moderation.B
 )
 async def ban_player(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
+    services: NamedDependency[Services],
     player_id: PlayerId = Parameter(title="Player id"),
 ) -> moderation.BanResult:
     """Flag the player and remove them from every sorted set."""
@@ -165,7 +166,7 @@ async def ban_player(
 )
 async def unban_player(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
+    services: NamedDependency[Services],
     player_id: PlayerId = Parameter(title="Player id"),
 ) -> moderation.BanResult:
     """Clear the flag and put the player's rows back into the sets."""
@@ -180,7 +181,7 @@ async def unban_player(
 )
 async def remove_entry(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
+    services: NamedDependency[Services],
     board_id: BoardId = Parameter(title="Leaderboard id"),
     player_id: PlayerId = Parameter(title="Player id"),
 ) -> None:
@@ -204,7 +205,7 @@ async def remove_entry(
 )
 async def erase_player(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
+    services: NamedDependency[Services],
     player_id: PlayerId = Parameter(title="Player id"),
 ) -> moderation.EraseResult:
     """Profile, scores, events and every Redis member and name; 404 if nothing is stored."""
@@ -229,7 +230,7 @@ async def erase_player(
 )
 async def delete_board(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
+    services: NamedDependency[Services],
     board_id: BoardId = Parameter(title="Leaderboard id"),
 ) -> None:
     """204: configuration, rows, events and every Redis key of the board are gone."""
@@ -262,7 +263,7 @@ class ReplayRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 @get("/v1/admin/dead-letters", tags=["admin"], summary="Dead letters (admin).")
 async def list_dead_letters(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
+    services: NamedDependency[Services],
     replayed: bool = Parameter(default=False, description="Include replayed ones too."),
     limit: int = Parameter(default=100, ge=1, le=dead_letters.LIST_LIMIT),
 ) -> DeadLetterList:
@@ -280,8 +281,8 @@ async def list_dead_letters(
 )
 async def replay_dead_letters(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
-    data: ReplayRequest,
+    services: NamedDependency[Services],
+    data: JSONBody[ReplayRequest],
 ) -> dead_letters.ReplayResult:
     """Each is applied at most once (its event_id); undecodable ones are left alone."""
     await _admin(request, services)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from litestar import Request, get, patch, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, Parameter
 
 from service import boards
 from service.auth import authorize
@@ -26,7 +27,11 @@ async def find_board(services: Services, board_id: str) -> Board:
 
 
 @post("/v1/leaderboards", tags=["leaderboards"], summary="Create a leaderboard (admin).")
-async def create_board(request: Request, services: Services, data: BoardCreate) -> BoardView:  # type: ignore[type-arg]
+async def create_board(
+    request: Request,  # type: ignore[type-arg]
+    services: NamedDependency[Services],
+    data: JSONBody[BoardCreate],
+) -> BoardView:
     """Create a board; 409 if the id is taken."""
     data = decode_body(await request.body(), BoardCreate)  # strict: `data` above only documents it
     await authorize(services.keys, request.headers, "admin", services.settings.public_reads)
@@ -41,7 +46,10 @@ async def create_board(request: Request, services: Services, data: BoardCreate) 
 
 
 @get("/v1/leaderboards", tags=["leaderboards"], summary="Every leaderboard.")
-async def list_boards(request: Request, services: Services) -> BoardList:  # type: ignore[type-arg]
+async def list_boards(
+    request: Request,  # type: ignore[type-arg]
+    services: NamedDependency[Services],
+) -> BoardList:
     """Configuration, current periods and player counts of every board."""
     await authorize(services.keys, request.headers, "reader", services.settings.public_reads)
     await limit(request, services, "board_queries")
@@ -55,7 +63,7 @@ async def list_boards(request: Request, services: Services) -> BoardList:  # typ
 @get("/v1/leaderboards/{board_id:str}", tags=["leaderboards"], summary="One leaderboard.")
 async def get_board(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
+    services: NamedDependency[Services],
     board_id: BoardId = Parameter(title="Leaderboard id"),
 ) -> BoardView:
     """Configuration, each window's current period with start and reset, player counts."""
@@ -72,8 +80,8 @@ async def get_board(
 )
 async def patch_board(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
-    data: BoardPatch,
+    services: NamedDependency[Services],
+    data: JSONBody[BoardPatch],
     board_id: BoardId = Parameter(title="Leaderboard id"),
 ) -> BoardView:
     """Order, operator, windows and ties stay: changing them means `rebuild --from-events`."""

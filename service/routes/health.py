@@ -6,6 +6,7 @@ import asyncio
 
 import msgspec
 from litestar import Response, get
+from litestar.di import NamedDependency
 
 from service.health import Readiness, Summary, check_ready, summary
 from service.state import Services
@@ -28,14 +29,14 @@ async def live() -> Live:
     tags=["health"],
     summary="Redis and PostgreSQL answer, and the consumer group exists.",
 )
-async def ready(services: Services) -> Response[Readiness]:
+async def ready(services: NamedDependency[Services]) -> Response[Readiness]:
     """Readiness: 200 when every dependency answers, 503 naming those that do not."""
     state = await asyncio.wait_for(check_ready(services), timeout=5)
     return Response(state, status_code=200 if state.status == "ok" else 503)
 
 
 @get("/health", tags=["health"], summary="Readiness, versions and stream backlog.")
-async def health_summary(services: Services) -> Response[Summary]:
+async def health_summary(services: NamedDependency[Services]) -> Response[Summary]:
     """Versions of rankstream, Python, Redis and PostgreSQL, and the stream's length, lag
     and pending count; 503 when a dependency is down."""
     state = await asyncio.wait_for(summary(services), timeout=5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request
+from litestar.di import NamedDependency
 
 from service import metrics
 from service.auth import bearer
@@ -15,7 +16,7 @@ from service.state import Services
 
 async def limit(
     request: Request[Any, Any, Any],
-    services: Services,
+    services: NamedDependency[Services],
     what: RouteClass | None,
     subject: str | None = None,
 ) -> None:

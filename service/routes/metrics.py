@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from litestar import Response, get
+from litestar.di import NamedDependency
 
 from service import health, metrics
 from service.state import Services
 
 
 @get("/metrics", tags=["health"], summary="Prometheus metrics.", include_in_schema=True)
-async def scrape(services: Services) -> Response[bytes]:
+async def scrape(services: NamedDependency[Services]) -> Response[bytes]:
     """Every process's series (multiprocess mode) plus stream length, lag and pending."""
     state = await health.stream_state(services)
     stats = metrics.StreamStats(state.length, state.lag, state.pending)

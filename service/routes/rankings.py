@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import ResponseHeader
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import Parameter
+from litestar.params import JSONBody, Parameter
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -108,7 +109,7 @@ class Target:
 
 async def _target(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
+    services: NamedDependency[Services],
     board_id: str,
     window: str | None,
     period: str,
@@ -133,7 +134,7 @@ async def _target(
 
 
 async def _read(
-    services: Services,
+    services: NamedDependency[Services],
     target: Target,
     from_redis: Callable[[ranking.ReadMeta], Awaitable[T]],
     from_pg: Callable[[], Awaitable[T]],
@@ -180,7 +181,7 @@ def _page(
 
 def _send(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
+    services: NamedDependency[Services],
     page: pagecache.Page,
 ) -> Response[Any]:
     headers = {
@@ -196,7 +197,7 @@ def _send(
 
 def _respond(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
+    services: NamedDependency[Services],
     target: Target,
     answer: Any,
     source: str,
@@ -212,7 +213,7 @@ def _cache_key(request: Request, target: Target) -> str:  # type: ignore[type-ar
 
 async def _cached_read(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
+    services: NamedDependency[Services],
     target: Target,
     from_redis: Callable[[ranking.ReadMeta], Awaitable[T]],
     from_pg: Callable[[], Awaitable[T]],
@@ -252,7 +253,7 @@ def _unranked(player_id: str, source: str) -> Problem:
 )
 async def top(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
+    services: NamedDependency[Services],
     board_id: BoardId = Parameter(title="Leaderboard id"),
     window: Window | None = WINDOW_PARAM,
     period: str = PERIOD_PARAM,
@@ -298,7 +299,7 @@ async def top(
 )
 async def player(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
+    services: NamedDependency[Services],
     board_id: BoardId = Parameter(title="Leaderboard id"),
     player_id: PlayerId = Parameter(title="Player id"),
     window: Window | None = WINDOW_PARAM,
@@ -329,7 +330,7 @@ async def player(
 )
 async def around(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
+    services: NamedDependency[Services],
     board_id: BoardId = Parameter(title="Leaderboard id"),
     player_id: PlayerId = Parameter(title="Player id"),
     window: Window | None = WINDOW_PARAM,
@@ -362,8 +363,8 @@ async def around(
 )
 async def ranks(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
-    data: RanksRequest,
+    services: NamedDependency[Services],
+    data: JSONBody[RanksRequest],
     board_id: BoardId = Parameter(title="Leaderboard id"),
     window: Window | None = WINDOW_PARAM,
     period: str = PERIOD_PARAM,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from litestar import Request, Response, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, Parameter
 
 from service import metrics, scores, stream
 from service.auth import authorize
@@ -39,8 +40,8 @@ async def _accepting(request: Request, services: Services, subject: str | None) 
 )
 async def submit_score(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
-    data: ScoreSubmit,
+    services: NamedDependency[Services],
+    data: JSONBody[ScoreSubmit],
     board_id: BoardId = Parameter(title="Leaderboard id"),
     wait: bool = Parameter(
         default=False, description="Answer once applied (200) or 202 after a timeout."
@@ -68,8 +69,8 @@ async def submit_score(
 @post("/v1/scores/batch", tags=["scores"], summary="Submit up to 500 scores.", status_code=202)
 async def submit_batch(
     request: Request,  # type: ignore[type-arg]
-    services: Services,
-    data: ScoreBatch,
+    services: NamedDependency[Services],
+    data: JSONBody[ScoreBatch],
 ) -> BatchAccepted:
     """Accept a batch, validated all-or-nothing: one bad item and nothing is accepted."""
     data = decode_body(await request.body(), ScoreBatch)  # strict: `data` above only documents it
