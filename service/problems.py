@@ -17,6 +17,7 @@ from litestar.plugins.problem_details import (
 )
 from redis import exceptions as redis_exceptions
 
+from service.breaker import BreakerOpen
 from service.models import InvalidField
 
 log = logging.getLogger("rankstream.api")
@@ -141,7 +142,18 @@ def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
 
     if dependency := metrics.dependency_of(exc):
         metrics.dependency_error(dependency, "api")
+    if isinstance(exc, BreakerOpen):
+        return Problem(
+            503,
+            "Service unavailable",
+            f"{exc.name} is unavailable; retry shortly",
+            headers={"Retry-After": "1"},
+        ).to_response(request)
     if isinstance(exc, UNAVAILABLE):
+        services = getattr(request.app.state, "services", None)
+        breaker = services.breakers.of(dependency) if services else None
+        if breaker is not None:
+            breaker.failure()
         log.warning("dependency unavailable on %s %s: %r", request.method, request.url.path, exc)
         problem = Problem(
             503,

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from service.auth import KeyCache
 from service.boards import BoardCache
+from service.breaker import Breakers
 from service.pagecache import PageCache
 from service.ratelimit import RateLimits
 from service.settings import Settings
@@ -27,6 +28,7 @@ class Services:
     backlog: Backlog
     limits: RateLimits
     pages: PageCache
+    breakers: Breakers
 
     @classmethod
     def build(cls, settings: Settings, redis: Redis, pg: asyncpg.Pool) -> Services:
@@ -40,6 +42,7 @@ class Services:
             backlog=Backlog(redis, settings.stream_key, settings.max_stream_lag),
             limits=RateLimits(settings, redis),
             pages=PageCache(redis, settings.page_cache_ttl_s),
+            breakers=Breakers(),
         )
 
     async def close(self) -> None:

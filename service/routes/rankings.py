@@ -134,23 +134,37 @@ async def _target(
 
 
 async def _read(
-    services: NamedDependency[Services],
+    services: Services,
     target: Target,
     from_redis: Callable[[ranking.ReadMeta], Awaitable[T]],
     from_pg: Callable[[], Awaitable[T]],
     empty: Callable[[], T],
 ) -> tuple[T, str, int | None]:
     """The answer, where it came from, and the board's revision (None: unknown)."""
+    redis = services.breakers.redis
+    if not redis.allow():  # Redis keeps failing: straight to Postgres, no connect timeout
+        return await _from_postgres(services, from_pg), "postgres", None
     meta = ranking.ReadMeta()
     try:
-        return await from_redis(meta), "redis", meta.revision
+        answer = await from_redis(meta)
     except ranking.SetMissing as missing:
+        redis.success()
         if target.is_current and missing.revision is not None:
             return empty(), "redis", missing.revision
-        return await from_pg(), "postgres", missing.revision
+        return await _from_postgres(services, from_pg), "postgres", missing.revision
     except _REDIS_DOWN:
+        redis.failure()
         metrics.dependency_error("redis", "read")
-        return await from_pg(), "postgres", None
+        return await _from_postgres(services, from_pg), "postgres", None
+    redis.success()
+    return answer, "redis", meta.revision
+
+
+async def _from_postgres(services: Services, from_pg: Callable[[], Awaitable[T]]) -> T:
+    services.breakers.postgres.check()
+    answer = await from_pg()
+    services.breakers.postgres.success()
+    return answer
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:

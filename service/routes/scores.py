@@ -19,6 +19,7 @@ RETRY_AFTER_S = "1"
 
 
 async def _accepting(request: Request, services: Services, subject: str | None) -> str | None:  # type: ignore[type-arg]
+    services.breakers.redis.check()  # Redis down: fail now, not after connect timeouts
     await authorize(services.keys, request.headers, "client", services.settings.public_reads)
     # One submission: per board and player; a batch: per API key only.
     await limit(request, services, "submissions" if subject else None, subject)
@@ -57,6 +58,7 @@ async def submit_score(
             404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="board_id"
         ) from None
     await stream.publish(services.redis, services.settings.stream_key, [event])
+    services.breakers.redis.success()
     metrics.SUBMISSIONS_ACCEPTED.inc()
     if wait:
         timeout = services.settings.wait_timeout_ms / 1000
@@ -84,6 +86,7 @@ async def submit_batch(
             404, "Unknown leaderboard", f"no leaderboard {exc.board_id!r}", field=field
         ) from None
     await stream.publish(services.redis, services.settings.stream_key, events)
+    services.breakers.redis.success()
     metrics.SUBMISSIONS_ACCEPTED.inc(len(events))
     return BatchAccepted([e.event_id for e in events])
 
