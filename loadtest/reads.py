@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import time
 import urllib.request
 from datetime import UTC, datetime
@@ -23,12 +22,12 @@ import msgspec
 from redis.asyncio import Redis
 
 from loadtest import machine, profiling, pyclient, results, wrk
-from loadtest.stack import BOARD_ID, Harness
+from loadtest.stack import BOARD_ID, PLAYER_PREFIX, Harness, copy_players, scores_of
 from loadtest.stats import figure
 from service import keys, rankcache
 from service.models import Board
 
-PREFIX = "player-"
+PREFIX = PLAYER_PREFIX
 SCENARIOS = {
     # kind: (label, query, target req/s, target p99 ms)
     "top": ("top-10", "?limit=10", 10_000, 20.0),
@@ -71,33 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 async def load_players(harness: Harness, board: Board, n: int, seed: int) -> dict[str, Any]:
     """N ranked players in Postgres (COPY) and in the Redis set (apply script, in chunks)."""
-    rng = random.Random(seed)
-    scores = [rng.randrange(100_000_000) for _ in range(n)]
+    scores = scores_of(n, seed)
     now = datetime.now(UTC)
-    timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    conn = await harness.pg()
-    try:
-        await conn.copy_records_to_table(
-            "player_scores",
-            records=(
-                (BOARD_ID, "all", "all", f"{PREFIX}{i}", scores[i], 1, now, now) for i in range(n)
-            ),
-            columns=[
-                "board_id", "window_name", "period", "player_id",
-                "score", "version", "reached_at", "updated_at",
-            ],
-        )  # fmt: skip
-        await conn.copy_records_to_table(
-            "players",
-            records=((f"{PREFIX}{i}", f"Player {i}") for i in range(n)),
-            columns=["player_id", "display_name"],
-        )
-        await conn.execute("ANALYZE player_scores; ANALYZE players")
-    finally:
-        await conn.close()
-    timings["postgres_copy_s"] = round(time.perf_counter() - t0, 2)
+    timings: dict[str, float] = {"postgres_copy_s": await copy_players(harness, scores, now)}
 
     t0 = time.perf_counter()
     redis = Redis.from_url(harness.settings.redis_url)

@@ -24,13 +24,13 @@ from typing import Any
 from redis.asyncio import Redis
 
 from loadtest import machine, results
-from loadtest.stack import BOARD_ID, Harness
+from loadtest.stack import BOARD_ID, PLAYER_PREFIX, Harness, copy_players, scores_of
 from loadtest.stats import figure
 from service import coldstart, keys, rebuild
 from service.connections import pg_pool
 from service.models import Board
 
-PREFIX = "player-"
+PREFIX = PLAYER_PREFIX
 TARGET_S = 4.0
 
 
@@ -44,31 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 async def load_postgres(harness: Harness, n: int, seed: int) -> dict[str, Any]:
     """N rows of the board's `all` set and N named players, by COPY."""
-    rng = random.Random(seed)
-    now = datetime.now(UTC)
-    t0 = time.perf_counter()
-    conn = await harness.pg()
-    try:
-        await conn.copy_records_to_table(
-            "player_scores",
-            records=(
-                (BOARD_ID, "all", "all", f"{PREFIX}{i}", rng.randrange(100_000_000), 1, now, now)
-                for i in range(n)
-            ),
-            columns=[
-                "board_id", "window_name", "period", "player_id",
-                "score", "version", "reached_at", "updated_at",
-            ],
-        )  # fmt: skip
-        await conn.copy_records_to_table(
-            "players",
-            records=((f"{PREFIX}{i}", f"Player {i}") for i in range(n)),
-            columns=["player_id", "display_name"],
-        )
-        await conn.execute("ANALYZE player_scores; ANALYZE players")
-    finally:
-        await conn.close()
-    return {"players": n, "postgres_copy_s": round(time.perf_counter() - t0, 2)}
+    seconds = await copy_players(harness, scores_of(n, seed), datetime.now(UTC))
+    return {"players": n, "postgres_copy_s": seconds}
 
 
 async def _check(redis: Redis, harness: Harness, n: int, seed: int) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -17,6 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
@@ -226,3 +228,39 @@ class Harness:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+PLAYER_PREFIX = "player-"
+
+
+def scores_of(n: int, seed: int) -> list[int]:
+    """The benchmark players' scores: the same for the same seed in every scenario."""
+    rng = random.Random(seed)
+    return [rng.randrange(100_000_000) for _ in range(n)]
+
+
+async def copy_players(harness: Harness, scores: list[int], at: datetime) -> float:
+    """The board's `all` rows and named players into Postgres by COPY; returns seconds."""
+    t0 = time.perf_counter()
+    conn = await harness.pg()
+    try:
+        await conn.copy_records_to_table(
+            "player_scores",
+            records=(
+                (BOARD_ID, "all", "all", f"{PLAYER_PREFIX}{i}", score, 1, at, at)
+                for i, score in enumerate(scores)
+            ),
+            columns=[
+                "board_id", "window_name", "period", "player_id",
+                "score", "version", "reached_at", "updated_at",
+            ],
+        )  # fmt: skip
+        await conn.copy_records_to_table(
+            "players",
+            records=((f"{PLAYER_PREFIX}{i}", f"Player {i}") for i in range(len(scores))),
+            columns=["player_id", "display_name"],
+        )
+        await conn.execute("ANALYZE player_scores; ANALYZE players")
+    finally:
+        await conn.close()
+    return round(time.perf_counter() - t0, 2)
