@@ -6,7 +6,11 @@ API worker process shares them. Route classes and their defaults:
 - `submissions`: per board and player_id (60/minute),
 - `rank_lookups`: player rank, around-me and friends ranks, per client IP (300/minute),
 - `board_queries`: top pages and board configuration, per client IP (600/minute),
-- `per_key`: every request made with an API key, per key (6000/minute).
+- `per_key`: every request made with an API key, per key (6000/minute),
+- `admin`: every route that needs the admin role, per admin key (120/minute).
+
+A batch of submissions counts each item against its board and player, all or nothing
+(`RateLimits.check_all`).
 
 When Redis cannot be reached the limits fail open: reads keep being served from Postgres
 and a limiter outage must not turn into a full outage.
@@ -14,6 +18,7 @@ and a limiter outage must not turn into a full outage.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import logging
@@ -37,7 +42,7 @@ from service.settings import Settings
 
 log = logging.getLogger("rankstream.ratelimit")
 
-RouteClass = Literal["submissions", "rank_lookups", "board_queries", "per_key"]
+RouteClass = Literal["submissions", "rank_lookups", "board_queries", "per_key", "admin"]
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -69,6 +74,19 @@ class Decision:
         return out
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Which identity of an all-or-nothing check is over which limit."""
+
+    identity: str
+    decision: Decision
+
+
+# Identities tested (then counted) at once by check_all: one Redis round trip each, so a
+# batch of 500 players takes 2 x 16 waits instead of 1000, without taking the whole pool.
+CHECK_CONCURRENCY = 32
+
+
 def _items(setting: str, value: str) -> list[RateLimitItem]:
     try:
         items = parse_many(value)
@@ -96,6 +114,7 @@ class RateLimits:
             "rank_lookups": _items("rate_limit_rank_lookups", settings.rate_limit_rank_lookups),
             "board_queries": _items("rate_limit_board_queries", settings.rate_limit_board_queries),
             "per_key": _items("rate_limit_per_key", settings.rate_limit_per_key),
+            "admin": _items("rate_limit_admin", settings.rate_limit_admin),
         }
         # Shares the process's (blocking) connection pool when given one.
         options: dict[str, Any] = (
@@ -141,6 +160,41 @@ class RateLimits:
             log.warning("rate limit storage unavailable, not limiting: %r", exc)
             return None
         return tightest
+
+    async def check_all(self, what: RouteClass, costs: Mapping[str, int]) -> Refusal | None:
+        """Count `cost` hits against each identity of `costs`, only if all of them fit.
+
+        The first identity found over a limit, or None when every one fits (or limits are
+        off, or the storage is unreachable: fail open, as `check`).
+
+        What is counted: the `limits` library can test a key without counting, but cannot
+        test-and-count several keys in one step. So every identity is tested first, and
+        counted only when all fit: a request refused by the test counts nothing. Between
+        the test and the count a concurrent request may take the last room of an
+        identity; its count then fails and the request is refused too, while the counts
+        that step had already made stay (with the fixed-window strategy the failed one
+        too, as any refused hit counts there).
+        """
+        if not self.enabled or not costs:
+            return None
+        work = [(item, ident, cost) for ident, cost in costs.items() for item in self.items[what]]
+        try:
+            for step in (self.limiter.test, self.limiter.hit):
+                for start in range(0, len(work), CHECK_CONCURRENCY):
+                    chunk = work[start : start + CHECK_CONCURRENCY]
+                    fits = await asyncio.gather(
+                        *(step(item, what, ident, cost=cost) for item, ident, cost in chunk)
+                    )
+                    for (item, ident, _cost), fit in zip(chunk, fits, strict=True):
+                        if not fit:
+                            stats = await self.limiter.get_window_stats(item, what, ident)
+                            reset = max(0, math.ceil(stats.reset_time - time.time()))
+                            refused = Decision(False, item.amount, stats.remaining, reset, what)
+                            return Refusal(ident, refused)
+        except Exception as exc:  # the storage is down: let the request through
+            metrics.dependency_error("redis", "ratelimit")
+            log.warning("rate limit storage unavailable, not limiting: %r", exc)
+        return None
 
     async def close(self) -> None:
         """Drop the storage's connections (unless they belong to a shared pool)."""

@@ -79,6 +79,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_rank_lookups: str = "300/minute"
     rate_limit_board_queries: str = "600/minute"
     rate_limit_per_key: str = "6000/minute"
+    # Every route that needs the admin role, per admin key: operations are heavy (rebuilds,
+    # erasure, board deletion), so a runaway script must not queue them without bound.
+    rate_limit_admin: str = "120/minute"
     trusted_proxies: str = ""
     client_ip_header: str = "x-forwarded-for"
 

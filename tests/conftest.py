@@ -95,6 +95,7 @@ async def settings(servers: Servers) -> AsyncIterator[Settings]:
         rate_limit_rank_lookups=TEST_LIMIT,
         rate_limit_board_queries=TEST_LIMIT,
         rate_limit_per_key=TEST_LIMIT,
+        rate_limit_admin=TEST_LIMIT,
         # Invalidation of cached pages is asynchronous; tests that read right after a write
         # must see it, so the page cache is on only where tests/test_pagecache.py turns it on.
         page_cache_ttl_s=0,

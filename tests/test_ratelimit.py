@@ -9,6 +9,7 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client.mmap_dict import MmapedDict
+from redis.asyncio import Redis
 
 from service import apikeys
 from service.app import create_app
@@ -27,21 +29,36 @@ from tests.support import ADMIN
 
 CLIENT_KEY = "rs_test-client-key"
 CLIENT = {"Authorization": f"Bearer {CLIENT_KEY}"}
+OTHER_ADMIN_KEY = "rs_test-other-admin-key"
+OTHER_ADMIN = {"Authorization": f"Bearer {OTHER_ADMIN_KEY}"}
+
+
+@asynccontextmanager
+async def limited(settings: Settings, **limits: str) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    """The API in-process with tight limits (`limits` on top of the tight defaults), the
+    client key and a second admin key stored."""
+    tuned = msgspec.structs.replace(
+        settings,
+        **{
+            "rate_limit_board_queries": "3/minute",
+            "rate_limit_rank_lookups": "2/minute",
+            "rate_limit_submissions": "2/minute",
+            "rate_limit_per_key": "5/minute",
+            "rate_limit_admin": "3/minute",
+            **limits,
+        },
+    )
+    conn = await asyncpg.connect(settings.database_url)
+    await apikeys.store(conn, CLIENT_KEY, "client", "tests")
+    await apikeys.store(conn, OTHER_ADMIN_KEY, "admin", "tests")
+    await conn.close()
+    async with AsyncTestClient(app=create_app(tuned)) as client:
+        yield client
 
 
 @pytest.fixture
 async def tight(settings: Settings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
-    tuned = msgspec.structs.replace(
-        settings,
-        rate_limit_board_queries="3/minute",
-        rate_limit_rank_lookups="2/minute",
-        rate_limit_submissions="2/minute",
-        rate_limit_per_key="5/minute",
-    )
-    conn = await asyncpg.connect(settings.database_url)
-    await apikeys.store(conn, CLIENT_KEY, "client", "tests")
-    await conn.close()
-    async with AsyncTestClient(app=create_app(tuned)) as client:
+    async with limited(settings) as client:
         yield client
 
 
@@ -122,6 +139,99 @@ async def test_per_key_limit_spans_routes(tight: AsyncTestClient) -> None:  # ty
     # Another key is not affected.
     fresh = await tight.post(url, json={"player_id": "p9", "score": 1}, headers=ADMIN)
     assert fresh.status_code == 202
+
+
+async def test_admin_routes_per_admin_key(tight: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    # Three admin routes of both modules share one budget of 3 per admin key.
+    created = await tight.post("/v1/leaderboards", json={"id": "ra"}, headers=ADMIN)
+    assert created.status_code == 201
+    assert created.headers["ratelimit-limit"] == "3"  # the tightest: admin, not per_key (5)
+    assert created.headers["ratelimit-remaining"] == "2"
+    assert (await tight.get("/v1/admin/jobs/nope", headers=ADMIN)).status_code == 404
+    patched = await tight.patch("/v1/leaderboards/ra", json={"title": "A"}, headers=ADMIN)
+    assert patched.status_code == 200
+    assert patched.headers["ratelimit-remaining"] == "0"
+    refused = await tight.get("/v1/admin/dead-letters", headers=ADMIN)
+    _assert_429(refused, 3, "admin")
+    assert "admin limit of 3" in refused.json()["detail"]
+    assert (await tight.post("/v1/admin/players/p1/ban", headers=ADMIN)).status_code == 429
+    # Another admin key has its own budget.
+    assert (await tight.get("/v1/admin/dead-letters", headers=OTHER_ADMIN)).status_code == 200
+    # Keys that may not use admin routes are refused as before, not counted.
+    assert (await tight.get("/v1/admin/dead-letters", headers=CLIENT)).status_code == 403
+    unknown = {"Authorization": "Bearer rs_nope"}
+    assert (await tight.get("/v1/admin/dead-letters", headers=unknown)).status_code == 401
+    # Routes that are not admin routes are not in the admin budget of that key.
+    url = "/v1/leaderboards/ra/scores"
+    submitted = await tight.post(url, json={"player_id": "p", "score": 1}, headers=ADMIN)
+    assert submitted.status_code == 202
+
+
+async def _xlen(redis: Redis, settings: Settings) -> int:
+    return int(await redis.xlen(settings.stream_key))
+
+
+@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window"])
+async def test_batch_items_count_per_player_all_or_nothing(
+    settings: Settings, redis: Redis, strategy: str
+) -> None:
+    async with limited(
+        settings, rate_limit_strategy=strategy, rate_limit_per_key="100/minute"
+    ) as api:
+        for board in ("rb", "rc"):
+            created = await api.post("/v1/leaderboards", json={"id": board}, headers=ADMIN)
+            assert created.status_code == 201
+
+        async def batch(*items: tuple[str, str]) -> httpx.Response:
+            body = {"submissions": [{"board_id": b, "player_id": p, "score": 1} for b, p in items]}
+            answer: httpx.Response = await api.post("/v1/scores/batch", json=body, headers=CLIENT)
+            return answer
+
+        async def single(board: str, player: str) -> int:
+            url = f"/v1/leaderboards/{board}/scores"
+            answer = await api.post(url, json={"player_id": player, "score": 1}, headers=CLIENT)
+            return answer.status_code
+
+        # p1 twice on rb uses its whole budget of 2; on rc p1 has another budget.
+        accepted = await batch(("rb", "p1"), ("rb", "p1"), ("rc", "p1"), ("rb", "p2"))
+        assert accepted.status_code == 202, accepted.text
+        assert await _xlen(redis, settings) == 4
+
+        # One item over the limit refuses the batch, names that item, counts nothing.
+        refused = await batch(("rb", "p3"), ("rb", "p1"), ("rb", "p4"))
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        problem = refused.json()
+        assert problem["limit"] == "submissions"
+        assert problem["field"] == "submissions[1].player_id"
+        assert "'p1'" in problem["detail"] and "'rb'" in problem["detail"]
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert refused.headers["ratelimit-limit"] == "2"
+        assert refused.headers["ratelimit-remaining"] == "0"
+        assert await _xlen(redis, settings) == 4  # nothing was put on the stream
+
+        # More items of one player than the limit allows: refused although none is counted.
+        crowded = await batch(("rb", "p5"), ("rb", "p5"), ("rb", "p5"))
+        assert crowded.status_code == 429
+        assert crowded.json()["field"] == "submissions[0].player_id"
+        assert crowded.headers["ratelimit-remaining"] == "2"
+        # A batch refused for an unknown board counts nothing either.
+        unknown = await batch(("rb", "p6"), ("nope", "p6"))
+        assert unknown.status_code == 404
+        assert await _xlen(redis, settings) == 4
+
+        # p3, p4, p5 and p6 were counted in none of the refused batches: two each still fit.
+        for player in ("p3", "p4", "p5", "p6"):
+            assert [await single("rb", player) for _ in range(2)] == [202, 202], player
+        # Batch items and single submissions share one budget per board and player.
+        assert await single("rb", "p1") == 429
+        assert await single("rc", "p1") == 202
+        assert (
+            await batch(
+                ("rc", "p1"),
+            )
+        ).status_code == 429
+        assert await _xlen(redis, settings) == 4 + 8 + 1
 
 
 def test_client_ip_trusts_the_header_only_from_trusted_proxies() -> None:

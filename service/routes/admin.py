@@ -1,5 +1,6 @@
 """Admin routes: background rebuilds and their jobs, moderation (bans, removals, erasure,
-board deletion). Every route needs the admin role."""
+board deletion). Every route needs the admin role and counts against the `admin` rate
+limit of its key."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from service.boards import UnknownBoard
 from service.models import BoardId, PlayerId, Window
 from service.problems import Problem, invalid
 from service.routes.boards import find_board
+from service.routes.limiting import limit_admin
 from service.state import Services
 
 log = logging.getLogger("rankstream.admin")
@@ -51,6 +53,7 @@ class JobAccepted(msgspec.Struct, frozen=True):
 
 async def _admin(request: Request, services: Services) -> None:  # type: ignore[type-arg]
     await authorize(services.keys, request.headers, "admin", services.settings.public_reads)
+    await limit_admin(request, services)
 
 
 @post(

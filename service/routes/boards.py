@@ -12,7 +12,7 @@ from service import boards
 from service.auth import authorize
 from service.models import Board, BoardCreate, BoardId, BoardList, BoardPatch, BoardView
 from service.problems import Problem, decode_body
-from service.routes.limiting import limit
+from service.routes.limiting import limit, limit_admin
 from service.state import Services
 
 
@@ -35,6 +35,7 @@ async def create_board(
     """Create a board; 409 if the id is taken."""
     data = decode_body(await request.body(), BoardCreate)  # strict: `data` above only documents it
     await authorize(services.keys, request.headers, "admin", services.settings.public_reads)
+    await limit_admin(request, services)
     try:
         board = await boards.create(services.pg, data)
     except boards.BoardExists:
@@ -86,6 +87,7 @@ async def patch_board(
 ) -> BoardView:
     """Order, operator, windows and ties stay: changing them means `rebuild --from-events`."""
     await authorize(services.keys, request.headers, "admin", services.settings.public_reads)
+    await limit_admin(request, services)
     data = decode_body(await request.body(), BoardPatch)  # strict: `data` above only documents it
     board = await find_board(services, board_id)
     try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request
@@ -50,3 +53,51 @@ async def limit(
             extra={"limit": decision.what},
         )
     request.scope["state"]["ratelimit"] = decision
+
+
+async def limit_admin(request: Request[Any, Any, Any], services: Services) -> None:
+    """Count a request to an admin route against its admin key (and, as every keyed
+    request, against the key's `per_key` budget). Call after `authorize`: only known admin
+    keys get counters, so unknown keys cannot fill Redis with them."""
+    key = bearer(request.headers)
+    await limit(request, services, "admin", key_identity(key) if key else None)
+
+
+@dataclass(frozen=True)
+class Counted:
+    """One item of a request that counts on its own, e.g. each submission of a batch."""
+
+    subject: str  # what it counts against, e.g. "board:player"
+    field: str  # names the item in a refusal, e.g. "submissions[3].player_id"
+    label: str  # names it for people, e.g. "player 'p1' on board 'b'"
+
+
+async def limit_items(
+    request: Request[Any, Any, Any],
+    services: Services,
+    what: RouteClass,
+    items: Sequence[Counted],
+) -> None:
+    """Count every item against its subject's `what` limit, all or nothing: when one
+    subject has no room for all its items, raise a 429 problem naming its first item, and
+    count none (see `RateLimits.check_all` for the one race where some counts stay)."""
+    limits = services.limits
+    if not limits.enabled or services.breakers.redis.skipping:
+        return  # as `limit`: while Redis is skipped, requests are not limited
+    costs = Counter(item.subject for item in items)
+    refusal = await limits.check_all(what, costs)
+    if refusal is None:
+        return
+    decision = refusal.decision
+    item = next(i for i in items if i.subject == refusal.identity)
+    metrics.RATE_LIMITED.labels(what).inc()
+    raise Problem(
+        429,
+        "Too many requests",
+        f"{item.field}: {item.label} is over the {what.replace('_', ' ')} limit of "
+        f"{decision.limit} ({costs[item.subject]} in this request, {decision.remaining} "
+        f"left); nothing of the request was accepted; retry in {max(1, decision.reset_s)}s",
+        field=item.field,
+        headers=decision.headers,
+        extra={"limit": what},
+    )

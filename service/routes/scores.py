@@ -10,18 +10,44 @@ from service import metrics, scores, stream
 from service.auth import authorize
 from service.boards import UnknownBoard
 from service.hygiene import request_id_of
-from service.models import Accepted, Applied, BatchAccepted, BoardId, ScoreBatch, ScoreSubmit
+from service.models import (
+    Accepted,
+    Applied,
+    BatchAccepted,
+    BoardId,
+    ScoreBatch,
+    ScoreEvent,
+    ScoreSubmit,
+)
 from service.problems import Problem, decode_body
-from service.routes.limiting import limit
+from service.routes.limiting import Counted, limit, limit_items
 from service.state import Services
 
 RETRY_AFTER_S = "1"
 
 
+def player_subject(board_id: str, player_id: str) -> str:
+    """What the `submissions` limit counts against: one budget per board and player, shared
+    by single submissions and batch items."""
+    return f"{board_id}:{player_id}"
+
+
+def _per_player(events: list[ScoreEvent]) -> list[Counted]:
+    return [
+        Counted(
+            player_subject(e.board_id, e.player_id),
+            f"submissions[{i}].player_id",
+            f"player {e.player_id!r} on board {e.board_id!r}",
+        )
+        for i, e in enumerate(events)
+    ]
+
+
 async def _accepting(request: Request, services: Services, subject: str | None) -> str | None:  # type: ignore[type-arg]
     services.breakers.redis.check()  # Redis down: fail now, not after connect timeouts
     await authorize(services.keys, request.headers, "client", services.settings.public_reads)
-    # One submission: per board and player; a batch: per API key only.
+    # One submission: per board and player; a batch: per API key here, and its items per
+    # board and player once they are valid (submit_batch).
     await limit(request, services, "submissions" if subject else None, subject)
     if await services.backlog.full():
         raise Problem(
@@ -50,7 +76,7 @@ async def submit_score(
 ) -> Response[Accepted | Applied]:
     """Accept one submission: 202 `{event_id}` once it is on the stream."""
     data = decode_body(await request.body(), ScoreSubmit)  # strict: `data` above only documents it
-    request_id = await _accepting(request, services, f"{board_id}:{data.player_id}")
+    request_id = await _accepting(request, services, player_subject(board_id, data.player_id))
     try:
         event = await scores.prepare_one(services.boards, board_id, data, request_id, wait)
     except UnknownBoard:
@@ -74,7 +100,8 @@ async def submit_batch(
     services: NamedDependency[Services],
     data: JSONBody[ScoreBatch],
 ) -> BatchAccepted:
-    """Accept a batch, validated all-or-nothing: one bad item and nothing is accepted."""
+    """Accept a batch, all-or-nothing: one bad item, or one player over the `submissions`
+    limit (each item counts against its board and player), and nothing is accepted."""
     data = decode_body(await request.body(), ScoreBatch)  # strict: `data` above only documents it
     request_id = await _accepting(request, services, None)
     try:
@@ -85,6 +112,9 @@ async def submit_batch(
         raise Problem(
             404, "Unknown leaderboard", f"no leaderboard {exc.board_id!r}", field=field
         ) from None
+    # After validation, so an invalid batch counts nothing; all or nothing, so a refused
+    # batch counts nothing either and puts nothing on the stream.
+    await limit_items(request, services, "submissions", _per_player(events))
     await stream.publish(services.redis, services.settings.stream_key, events)
     services.breakers.redis.success()
     metrics.SUBMISSIONS_ACCEPTED.inc(len(events))
