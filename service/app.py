@@ -13,6 +13,7 @@ from litestar.openapi import OpenAPIConfig
 
 from service import logs, problems, stream
 from service.connections import pg_pool, redis_client
+from service.hotreads import HotReads
 from service.hygiene import Hygiene
 from service.routes import admin, boards, health, rankings, scores
 from service.routes import metrics as metrics_routes
@@ -62,7 +63,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     # Around everything Litestar does (routing, CORS, problem details), so every answer,
     # 404s of unknown paths included, gets request id, security headers, log and metrics.
-    app.asgi_handler = Hygiene(app.asgi_handler, settings)
+    handler = HotReads(app, app.asgi_handler) if settings.hot_reads else app.asgi_handler
+    app.asgi_handler = Hygiene(handler, settings)
     return app
 
 

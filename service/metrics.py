@@ -85,6 +85,11 @@ DEPENDENCY_ERRORS = Counter(
     "Failed calls to Redis or PostgreSQL, by dependency and where they happened.",
     ["dependency", "where"],
 )
+HOT_READS = Counter(
+    "rankstream_hot_reads_total",
+    "GETs the hot path answered itself or passed on to the full API (service.hotreads).",
+    ["outcome"],
+)
 REBUILD_DURATION = Histogram(
     "rankstream_rebuild_duration_seconds",
     "Time to rebuild one board's sorted sets.",

@@ -34,6 +34,7 @@ from service.models import (
     TopPage,
     Window,
 )
+from service.wire import ReadLink
 
 _READ_LUA = r"""#!lua flags=no-writes
 -- KEYS[1] sorted set, KEYS[2] versions hash, KEYS[3] names hash, KEYS[4] revision counter
@@ -164,6 +165,7 @@ return redis.error_reply('unknown op ' .. tostring(op))
 _READ_SHA = hashlib.sha1(_READ_LUA.encode()).hexdigest()
 
 CURSOR_VERSION = 1
+Reader = Redis | ReadLink  # a redis-py client, or the API's lean link (same replies)
 
 
 class SetMissing(Exception):
@@ -257,7 +259,7 @@ def _name(value: Any) -> str | None:
     return None if value is None else _text(value)
 
 
-async def _run(redis: Redis, board: Board, window: Window, period: str, args: list[Any]) -> Any:
+async def _run(redis: Reader, board: Board, window: Window, period: str, args: list[Any]) -> Any:
     key_args = [
         keys.set_key(board.id, window, period),
         keys.versions_key(board.id, window, period),
@@ -293,7 +295,7 @@ def _page_rows(reply: list[Any]) -> list[tuple[int, str, str | None]]:
 
 
 async def top(
-    redis: Redis,
+    redis: Reader,
     board: Board,
     window: Window,
     period: str,
@@ -326,7 +328,7 @@ async def top(
 
 
 async def around(
-    redis: Redis,
+    redis: Reader,
     board: Board,
     window: Window,
     period: str,
@@ -352,7 +354,7 @@ async def around(
 
 
 async def ranks_of(
-    redis: Redis,
+    redis: Reader,
     board: Board,
     window: Window,
     period: str,
@@ -397,7 +399,7 @@ def ranks_page(
 
 
 async def player_rank(
-    redis: Redis,
+    redis: Reader,
     board: Board,
     window: Window,
     period: str,

@@ -43,6 +43,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     public_reads: bool = True
     cache_max_age: NonNegative = 1
     page_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    hot_reads: bool = True
     bootstrap_admin_key: str = ""
     key_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     max_body_bytes: Positive = 1_048_576

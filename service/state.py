@@ -14,6 +14,7 @@ from service.pagecache import PageCache
 from service.ratelimit import RateLimits
 from service.settings import Settings
 from service.stream import Backlog
+from service.wire import ReadLink
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Services:
 
     settings: Settings
     redis: Redis
+    reads: ReadLink  # the read path's lean link to the same Redis (service.wire)
     pg: asyncpg.Pool
     boards: BoardCache
     keys: KeyCache
@@ -36,6 +38,7 @@ class Services:
         return cls(
             settings=settings,
             redis=redis,
+            reads=ReadLink(settings.redis_url),
             pg=pg,
             boards=BoardCache(pg, settings.board_cache_ttl_s),
             keys=KeyCache(pg, settings.bootstrap_admin_key, settings.key_cache_ttl_s),
@@ -50,4 +53,5 @@ class Services:
         await self.limits.close()
         await self.pages.close()
         await self.pg.close()
+        await self.reads.aclose()
         await self.redis.aclose()

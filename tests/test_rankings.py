@@ -22,6 +22,7 @@ from service.app import create_app
 from service.connections import redis_client
 from service.models import Board, Window
 from service.settings import Settings
+from service.wire import ReadLink
 from tests.support import ADMIN_KEY
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -483,8 +484,9 @@ async def test_redis_unreachable_answers_from_postgres(
         for method, path, params, body in requests
     ]
     services = client.app.state.services
-    working = services.redis
+    working, reads = services.redis, services.reads
     services.redis = redis_client(settings, url="redis://127.0.0.1:1/0")  # nothing listens
+    services.reads = ReadLink("redis://127.0.0.1:1/0")
     try:
         degraded = [
             await client.request(method, path, params=params, json=body)
@@ -492,7 +494,8 @@ async def test_redis_unreachable_answers_from_postgres(
         ]
     finally:
         await services.redis.aclose()
-        services.redis = working
+        await services.reads.aclose()
+        services.redis, services.reads = working, reads
     for good, bad in zip(healthy, degraded, strict=True):
         assert good.status_code == 200 and bad.status_code == 200, bad.text
         assert good.headers["x-rankstream-source"] == "redis"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +12,7 @@ from litestar import Request
 from service import metrics
 from service.auth import bearer
 from service.problems import Problem
-from service.ratelimit import RouteClass, client_ip, key_identity
+from service.ratelimit import Decision, RouteClass, client_ip, key_identity
 from service.state import Services
 
 
@@ -25,23 +25,37 @@ async def limit(
     """Count this request against its route class `what` (per `subject`, or per client IP
     when no subject is given) and, when it carries an API key, against that key; raise a
     429 problem when over a limit. `what=None` counts against the key only."""
+    peer = request.client.host if request.client else None
+    decision = await check(services, what, subject, peer, request.headers)
+    if decision is not None:
+        request.scope["state"]["ratelimit"] = decision
+
+
+async def check(
+    services: Services,
+    what: RouteClass | None,
+    subject: str | None,
+    peer: str | None,
+    headers: Mapping[str, str],
+) -> Decision | None:
+    """`limit` without a Litestar request (the hot path calls it): the decision whose
+    headers the answer carries, None when nothing was counted; 429 problem when over."""
     limits = services.limits
     if not limits.enabled or services.breakers.redis.skipping:
-        return  # limits live in Redis: while it is skipped, requests are not limited
+        return None  # limits live in Redis: while it is skipped, requests are not limited
     checks: list[tuple[RouteClass, str]] = []
     if what is not None:
         if subject is None:
-            peer = request.client.host if request.client else None
-            subject = client_ip(peer, request.headers, limits.proxies, limits.ip_header)
+            subject = client_ip(peer, headers, limits.proxies, limits.ip_header)
         checks.append((what, subject))
-    key = bearer(request.headers)
+    key = bearer(headers)
     if key is not None:
         checks.append(("per_key", key_identity(key)))
     if not checks:
-        return
+        return None
     decision = await limits.check(checks)
     if decision is None:
-        return
+        return None
     if not decision.allowed:
         metrics.RATE_LIMITED.labels(decision.what).inc()
         raise Problem(
@@ -52,7 +66,7 @@ async def limit(
             headers=decision.headers,
             extra={"limit": decision.what},
         )
-    request.scope["state"]["ratelimit"] = decision
+    return decision
 
 
 async def limit_admin(request: Request[Any, Any, Any], services: Services) -> None:

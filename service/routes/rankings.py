@@ -1,35 +1,29 @@
 """Ranking reads: top pages, a player's rank, around-me and friends boards.
 
-Answers come from the Redis sorted set when it exists. A missing set of the current period
-on a board Redis knows (its revision counter exists) simply has no players: the answer is
-empty. Any other missing set (a past period that expired, Redis restarted empty) and a
-Redis that cannot be reached are answered from Postgres, with `X-Rankstream-Source:
-postgres`. GETs carry a weak ETag made of the board's revision counter and the request,
-honour `If-None-Match` with 304, and send a short `Cache-Control`.
+Where answers come from, their ETags and the page cache: `service.answers`. GETs honour
+`If-None-Match` with 304 and send a short `Cache-Control`; `X-Rankstream-Source` says
+whether Redis or Postgres answered. The hottest GETs usually never reach these routes:
+`service.hotreads` answers them first when nothing unusual is asked.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
-import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import JSONBody, Parameter
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service import metrics, pagecache, periods, pgranking, ranking
+from service import answers, pgranking, ranking
+from service.answers import SOURCE_HEADER, Target
 from service.auth import authorize
 from service.models import (
     AroundPage,
-    Board,
     BoardId,
     PlayerId,
     PlayerRank,
@@ -39,15 +33,12 @@ from service.models import (
     TopPage,
     Window,
 )
+from service.pagecache import Page
 from service.problems import Problem, invalid
 from service.ratelimit import RouteClass
 from service.routes.boards import find_board
 from service.routes.limiting import limit
 from service.state import Services
-
-T = TypeVar("T")
-SOURCE_HEADER = "X-Rankstream-Source"
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 
 _HEADERS = [
     ResponseHeader(
@@ -97,16 +88,6 @@ PERIOD_PARAM = Parameter(
 )
 
 
-class Target:
-    """The board, window and period a read is about."""
-
-    def __init__(self, board: Board, window: Window, period: str, current: str) -> None:
-        self.board = board
-        self.window = window
-        self.period = period
-        self.is_current = period == current
-
-
 async def _target(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
@@ -118,133 +99,40 @@ async def _target(
     await authorize(services.keys, request.headers, "reader", services.settings.public_reads)
     await limit(request, services, limited_as)
     board = await find_board(services, board_id)
-    if window is None:
-        chosen = board.windows[0]
-    else:
-        found = next((w for w in board.windows if w == window), None)
-        if found is None:
-            raise invalid("window", f"must be one of {', '.join(board.windows)} on this board")
-        chosen = found
-    now = datetime.now(UTC)
     try:
-        resolved = periods.resolve(chosen, period, now)
-    except ValueError as exc:
-        raise invalid("period", str(exc)) from None
-    return Target(board, chosen, resolved, periods.period_id(chosen, now))
-
-
-async def _read(
-    services: Services,
-    target: Target,
-    from_redis: Callable[[ranking.ReadMeta], Awaitable[T]],
-    from_pg: Callable[[], Awaitable[T]],
-    empty: Callable[[], T],
-) -> tuple[T, str, int | None]:
-    """The answer, where it came from, and the board's revision (None: unknown)."""
-    redis = services.breakers.redis
-    if not redis.allow():  # Redis keeps failing: straight to Postgres, no connect timeout
-        return await _from_postgres(services, from_pg), "postgres", None
-    meta = ranking.ReadMeta()
-    try:
-        answer = await from_redis(meta)
-    except ranking.SetMissing as missing:
-        redis.success()
-        if target.is_current and missing.revision is not None:
-            return empty(), "redis", missing.revision
-        return await _from_postgres(services, from_pg), "postgres", missing.revision
-    except _REDIS_DOWN:
-        redis.failure()
-        metrics.dependency_error("redis", "read")
-        return await _from_postgres(services, from_pg), "postgres", None
-    redis.success()
-    return answer, "redis", meta.revision
-
-
-async def _from_postgres(services: Services, from_pg: Callable[[], Awaitable[T]]) -> T:
-    services.breakers.postgres.check()
-    answer = await from_pg()
-    services.breakers.postgres.success()
-    return answer
-
-
-def _matches(if_none_match: str | None, etag: str) -> bool:
-    if not if_none_match:
-        return False
-    wanted = etag.removeprefix("W/")
-    for candidate in if_none_match.split(","):
-        candidate = candidate.strip()
-        if candidate == "*" or candidate.removeprefix("W/") == wanted:
-            return True
-    return False
-
-
-def _page(
-    request: Request,  # type: ignore[type-arg]
-    target: Target,
-    answer: Any,
-    source: str,
-    revision: int | None,
-) -> pagecache.Page:
-    etag = None
-    if revision is not None and request.method == "GET":
-        what = f"{request.url.path}?{request.url.query}|{target.window}|{target.period}|{source}"
-        digest = hashlib.blake2b(what.encode(), digest_size=8).hexdigest()
-        etag = f'W/"{revision}-{digest}"'
-    return pagecache.Page(body=msgspec.json.encode(answer), etag=etag, source=source)
+        return answers.resolve(board, window, period, datetime.now(UTC))
+    except answers.BadParameter as exc:
+        raise invalid(exc.field, str(exc)) from None
 
 
 def _send(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
-    page: pagecache.Page,
+    page: Page,
 ) -> Response[Any]:
-    headers = {
-        "Cache-Control": f"public, max-age={services.settings.cache_max_age}",
-        SOURCE_HEADER: page.source,
-    }
-    if page.etag is not None:
-        headers["ETag"] = page.etag
-        if _matches(request.headers.get("if-none-match"), page.etag):
-            return Response(content=None, status_code=304, headers=headers)
+    headers = answers.headers(services, page)
+    if page.etag is not None and answers.matches(request.headers.get("if-none-match"), page.etag):
+        return Response(content=None, status_code=304, headers=headers)
     return Response(content=page.body, headers=headers, media_type="application/json")
-
-
-def _respond(
-    request: Request,  # type: ignore[type-arg]
-    services: NamedDependency[Services],
-    target: Target,
-    answer: Any,
-    source: str,
-    revision: int | None,
-) -> Response[Any]:
-    return _send(request, services, _page(request, target, answer, source, revision))
-
-
-def _cache_key(request: Request, target: Target) -> str:  # type: ignore[type-arg]
-    # The resolved period is part of the key: `current` names another set after a reset.
-    return f"{request.url.path}?{request.url.query}|{target.window}|{target.period}"
 
 
 async def _cached_read(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
     target: Target,
-    from_redis: Callable[[ranking.ReadMeta], Awaitable[T]],
-    from_pg: Callable[[], Awaitable[T]],
-    empty: Callable[[], T],
+    from_redis: Callable[[ranking.ReadMeta], Awaitable[Any]],
+    from_pg: Callable[[], Awaitable[Any]],
+    empty: Callable[[], Any],
     missing: Callable[[str], Problem] | None = None,
 ) -> Response[Any]:
     """A GET answer from the page cache, or read, answered and (from Redis) cached."""
-    key = _cache_key(request, target)
-    page = services.pages.get(key)
+    url = request.url
+    page, source = await answers.cached(
+        services, url.path, url.query, target, from_redis, from_pg, empty
+    )
     if page is None:
-        generation = services.pages.generation(target.board.id)
-        answer, source, revision = await _read(services, target, from_redis, from_pg, empty)
-        if answer is None and missing is not None:
-            raise missing(source)
-        page = _page(request, target, answer, source, revision)
-        if source == "redis":
-            services.pages.put(key, target.board.id, generation, page)
+        assert missing is not None
+        raise missing(source)
     return _send(request, services, page)
 
 
@@ -298,7 +186,7 @@ async def top(
         request,
         services,
         target,
-        lambda meta: ranking.top(services.redis, board, win, per, limit, offset, cursor, meta=meta),
+        lambda meta: ranking.top(services.reads, board, win, per, limit, offset, cursor, meta=meta),
         lambda: pgranking.top(services.pg, board, win, per, limit, offset, cursor),
         lambda: TopPage(window=win, period=per, total=0, entries=[], next_cursor=None),
     )
@@ -327,7 +215,7 @@ async def player(
         services,
         target,
         lambda meta: ranking.player_rank(
-            services.redis, board, win, per, player_id, strict=True, meta=meta
+            services.reads, board, win, per, player_id, strict=True, meta=meta
         ),
         lambda: pgranking.player_rank(services.pg, board, win, per, player_id),
         lambda: None,
@@ -360,7 +248,7 @@ async def around(
         request,
         services,
         target,
-        lambda meta: ranking.around(services.redis, board, win, per, player_id, radius, meta=meta),
+        lambda meta: ranking.around(services.reads, board, win, per, player_id, radius, meta=meta),
         lambda: pgranking.around(services.pg, board, win, per, player_id, radius),
         lambda: None,
         missing=lambda source: _unranked(player_id, source),
@@ -387,16 +275,18 @@ async def ranks(
     target = await _target(request, services, board_id, window, period)
     board, win, per = target.board, target.window, target.period
     ids = data.player_ids
-    answer, source, revision = await _read(
+    answer, source, revision = await answers.read(
         services,
         target,
-        lambda meta: ranking.ranks_of(services.redis, board, win, per, ids, meta=meta),
+        lambda meta: ranking.ranks_of(services.reads, board, win, per, ids, meta=meta),
         lambda: pgranking.ranks_of(services.pg, board, win, per, ids),
         lambda: RanksPage(
             window=win, period=per, total=0, entries=[], missing=list(dict.fromkeys(ids))
         ),
     )
-    return _respond(request, services, target, answer, source, revision)
+    url = request.url
+    page = answers.page(url.path, url.query, False, target, answer, source, revision)
+    return _send(request, services, page)
 
 
 ROUTES = [top, player, around, ranks]

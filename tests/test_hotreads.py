@@ -1,0 +1,180 @@
+"""The hot path (service.hotreads) answers exactly as the Litestar routes, or passes on.
+
+Every request below goes to two apps on the same stores: one with the hot path, one
+without. Status, body and the read headers must be the same; the hot path's counter says
+which requests it answered itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+
+from service import apikeys
+from service.app import create_app
+from service.settings import Settings
+from tests.support import ADMIN, ADMIN_KEY
+from tests.test_rankings import T0, Seed, make_board, seed
+
+COMPARED_HEADERS = ("etag", "cache-control", "x-rankstream-source", "content-type")
+
+
+def answered() -> float:
+    """How many GETs the hot path answered itself in this process so far."""
+    return REGISTRY.get_sample_value("rankstream_hot_reads_total", {"outcome": "answered"}) or 0.0
+
+
+@pytest.fixture
+async def plain(settings: Settings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    """The same API without the hot path."""
+    app = create_app(msgspec.structs.replace(settings, hot_reads=False))
+    async with AsyncTestClient(app=app) as test_client:
+        yield test_client
+
+
+def _same(hot: httpx.Response, full: httpx.Response, what: str) -> None:
+    assert hot.status_code == full.status_code, (what, hot.text, full.text)
+    if full.headers.get("content-type", "").startswith("application/problem+json"):
+        assert hot.json() == full.json(), what
+    else:
+        assert hot.content == full.content, what
+    for name in COMPARED_HEADERS:
+        assert hot.headers.get(name) == full.headers.get(name), (what, name)
+    assert ("ratelimit-limit" in hot.headers) == ("ratelimit-limit" in full.headers), what
+    for name in ("x-request-id", "x-content-type-options", "x-frame-options"):
+        assert name in hot.headers, (what, name)
+
+
+async def test_hot_path_answers_as_the_routes_do(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    plain: AsyncTestClient,  # type: ignore[type-arg]
+    pg: asyncpg.Connection,
+    redis: Redis,
+) -> None:
+    board = await make_board(client, windows=("all", "daily"))
+    seeds = [Seed(f"p{i}", (i * 7) % 5, reached_ms=T0 + i, name=f"P {i}") for i in range(30)]
+    await seed(pg, redis, board, seeds)
+    past = await make_board(client)  # its set is in Postgres only: the route answers it
+    await seed(pg, redis, past, [Seed("x", 1)], to_redis=False)
+    base = f"/v1/leaderboards/{board.id}"
+    first = (await plain.get(f"{base}/top", params={"limit": 4})).json()
+    cursor = first["next_cursor"]
+    answerable: list[tuple[str, dict[str, Any]]] = [
+        (f"{base}/top", {}),
+        (f"{base}/top", {"limit": 4}),
+        (f"{base}/top", {"limit": 100, "offset": 3}),
+        (f"{base}/top", {"limit": 4, "cursor": cursor}),
+        (f"{base}/top", {"window": "all", "period": "current", "unknown": "ignored"}),
+        (f"{base}/top", {"offset": 1000}),
+        (f"{base}/players/p3", {}),
+        (f"{base}/players/p3", {"window": "all", "period": "all"}),
+        (f"{base}/players/p0/around", {"radius": 0}),
+        (f"{base}/players/p0/around", {}),
+        (f"{base}/players/p29/around", {"radius": 50}),
+    ]
+    passed: list[tuple[str, dict[str, Any]]] = [
+        (f"{base}/top", {"limit": 0}),
+        (f"{base}/top", {"limit": 101}),
+        (f"{base}/top", {"limit": "ten"}),
+        (f"{base}/top", {"limit": "-1"}),
+        (f"{base}/top", {"limit": "007"}),
+        (f"{base}/top", {"limit": "+5"}),
+        (f"{base}/top", {"limit": " 5"}),
+        (f"{base}/top", {"cursor": "garbage"}),
+        (f"{base}/top", {"cursor": cursor, "offset": 1}),
+        (f"{base}/top", {"window": "weekly"}),
+        (f"{base}/top", {"window": "nope"}),
+        (f"{base}/top", {"period": "2026-W47"}),
+        (f"{base}/top", {"window": "daily"}),  # current daily set: empty, not an error
+        (f"{base}/top", {"window": "daily", "period": "previous"}),
+        (f"{base}/players/nobody", {}),
+        (f"{base}/players/p1/around", {"radius": 51}),
+        (f"{base}/players/nobody/around", {}),
+        ("/v1/leaderboards/no-such-board/top", {}),
+        (f"/v1/leaderboards/{past.id}/top", {}),
+        (f"/v1/leaderboards/{past.id}/players/x", {}),
+    ]
+    before = answered()
+    for path, params in answerable:
+        _same(await client.get(path, params=params), await plain.get(path, params=params), path)
+    assert answered() - before == len(answerable)
+
+    before = answered()
+    for path, params in passed:
+        _same(await client.get(path, params=params), await plain.get(path, params=params), path)
+    repeated = f"{base}/top?limit=2&limit=3"
+    _same(await client.get(repeated), await plain.get(repeated), repeated)
+    assert answered() == before  # every one of them was left to Litestar
+
+
+async def test_conditional_get_on_the_hot_path(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    plain: AsyncTestClient,  # type: ignore[type-arg]
+    pg: asyncpg.Connection,
+    redis: Redis,
+) -> None:
+    board = await make_board(client)
+    await seed(pg, redis, board, [Seed("a", 10), Seed("b", 20)])
+    for path in (f"/v1/leaderboards/{board.id}/top", f"/v1/leaderboards/{board.id}/players/a"):
+        etag = (await client.get(path)).headers["etag"]
+        before = answered()
+        hot = await client.get(path, headers={"If-None-Match": f'"x", {etag}'})
+        assert answered() == before + 1
+        assert hot.status_code == 304 and hot.content == b""
+        _same(hot, await plain.get(path, headers={"If-None-Match": etag}), path)
+        await seed(pg, redis, board, [Seed("a", 30, version=3 if "top" in path else 4)])
+        changed = await client.get(path, headers={"If-None-Match": etag})
+        assert changed.status_code == 200 and changed.headers["etag"] != etag
+
+
+async def test_hot_path_checks_keys_when_reads_are_private(
+    settings: Settings, pg: asyncpg.Connection, redis: Redis
+) -> None:
+    await apikeys.store(pg, ADMIN_KEY, "admin", "tests")
+    client_key = "rs_test-client-key"
+    await apikeys.store(pg, client_key, "client", "tests")
+    private = msgspec.structs.replace(settings, public_reads=False)
+    async with AsyncTestClient(app=create_app(private)) as client:
+        board = await make_board(client)
+        await seed(pg, redis, board, [Seed("a", 1)])
+        path = f"/v1/leaderboards/{board.id}/top"
+        before = answered()
+        anonymous = await client.get(path)
+        wrong = await client.get(path, headers={"Authorization": "Bearer rs_nope"})
+        assert answered() == before
+        assert anonymous.status_code == 401 and wrong.status_code == 401
+        assert anonymous.headers["content-type"].startswith("application/problem+json")
+        for headers in (ADMIN, {"Authorization": f"Bearer {client_key}"}):
+            assert (await client.get(path, headers=headers)).status_code == 200
+        assert answered() == before + 2
+
+
+async def test_hot_path_counts_rate_limits_and_refuses_over_them(
+    settings: Settings, pg: asyncpg.Connection, redis: Redis
+) -> None:
+    await apikeys.store(pg, ADMIN_KEY, "admin", "tests")
+    tight = msgspec.structs.replace(
+        settings, rate_limit_rank_lookups="3/minute", rate_limit_board_queries="2/minute"
+    )
+    async with AsyncTestClient(app=create_app(tight)) as client:
+        board = await make_board(client)
+        await seed(pg, redis, board, [Seed("a", 1), Seed("b", 2)])
+        before = answered()
+        ranks = [await client.get(f"/v1/leaderboards/{board.id}/players/a") for _ in range(4)]
+        tops = [await client.get(f"/v1/leaderboards/{board.id}/top") for _ in range(3)]
+        assert [r.status_code for r in ranks] == [200, 200, 200, 429]
+        assert [r.status_code for r in tops] == [200, 200, 429]
+        assert answered() == before + 5
+        assert [r.headers["ratelimit-remaining"] for r in ranks[:3]] == ["2", "1", "0"]
+        refused = ranks[3]
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["limit"] == "rank_lookups"
