@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.services = services
         await stream.ensure_group(services.redis, settings.stream_key, settings.consumer_group)
         services.pages.start()
+        services.pools.start()
         try:
             yield
         finally:

@@ -22,6 +22,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -94,6 +95,27 @@ REBUILD_DURATION = Histogram(
     "rankstream_rebuild_duration_seconds",
     "Time to rebuild one board's sorted sets.",
     buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+
+# Connection pools of each API process (service.poolstats samples them). Mode "liveall":
+# pools are per process and one exhausted pool hurts even while the others idle, so every
+# live process keeps its own series (label `pid` in multiprocess mode) for PromQL to add up
+# or take the max of; processes that are gone drop out (poolstats.forget_dead). Labelled,
+# so only processes that sample pools have series (an unlabelled gauge would show a 0 for
+# every process importing this module, consumers included).
+POOL_CONNECTIONS = Gauge(
+    "rankstream_pool_connections",
+    "Open connections of the API process's pools, by pool (redis, postgres) and state"
+    " (in_use: checked out; idle: waiting in the pool).",
+    ["pool", "state"],
+    multiprocess_mode="liveall",
+)
+POOL_MAX = Gauge(
+    "rankstream_pool_max_connections",
+    "Most connections the API process's pool opens, by pool (RANKSTREAM_REDIS_POOL_SIZE,"
+    " RANKSTREAM_PG_POOL_MAX).",
+    ["pool"],
+    multiprocess_mode="liveall",
 )
 
 

@@ -11,6 +11,7 @@ from service.auth import KeyCache
 from service.boards import BoardCache
 from service.breaker import Breakers
 from service.pagecache import PageCache
+from service.poolstats import PoolSampler
 from service.ratelimit import RateLimits
 from service.settings import Settings
 from service.stream import Backlog
@@ -31,6 +32,7 @@ class Services:
     limits: RateLimits
     pages: PageCache
     breakers: Breakers
+    pools: PoolSampler
 
     @classmethod
     def build(cls, settings: Settings, redis: Redis, pg: asyncpg.Pool) -> Services:
@@ -46,10 +48,12 @@ class Services:
             limits=RateLimits(settings, redis),
             pages=PageCache(redis, settings.page_cache_ttl_s),
             breakers=Breakers(),
+            pools=PoolSampler(redis, pg),
         )
 
     async def close(self) -> None:
         """Release every connection."""
+        await self.pools.close()
         await self.limits.close()
         await self.pages.close()
         await self.pg.close()

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,12 +14,15 @@ from typing import Any
 import httpx
 import yaml
 from litestar.testing import AsyncTestClient
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from service import metrics
+from service import metrics, poolstats
 from service.settings import Settings
+from service.state import Services
 from tests.support import ADMIN, drained
 from tests.test_ratelimit import start_api
 
@@ -90,15 +96,106 @@ async def test_series_after_traffic_across_workers_and_consumer(
     assert value(found, "rankstream_stream_length") >= 0
     assert value(found, "rankstream_consumer_lag") == 0
     assert value(found, "rankstream_consumer_pending") == 0
+    assert_pool_series(found, settings, processes=2)
 
 
-async def test_in_process_registry_and_dependency_errors(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
-    metrics.dependency_error("postgres", "test")
-    await client.get("/health/live")
-    text = (await client.get("/metrics")).text
-    assert 'rankstream_dependency_errors_total{dependency="postgres",where="test"}' in text
-    assert "rankstream_http_requests_total" in text
-    assert "rankstream_consumer_lag 0.0" in text
+def assert_pool_series(
+    found: dict[tuple[str, frozenset[tuple[str, str]]], float], settings: Settings, processes: int
+) -> None:
+    """Pool gauges of each API worker (label `pid`), none of the consumer, with values that
+    fit the pools' bounds."""
+    by_pid: dict[str, dict[tuple[str, str, str], float]] = {}
+    for (name, labels), number in found.items():
+        if name in ("rankstream_pool_connections", "rankstream_pool_max_connections"):
+            tags = dict(labels)
+            key = (name, tags["pool"], tags.get("state", ""))
+            by_pid.setdefault(tags["pid"], {})[key] = number
+    assert len(by_pid) == processes, by_pid
+    for series in by_pid.values():
+        redis_in_use = series[("rankstream_pool_connections", "redis", "in_use")]
+        redis_idle = series[("rankstream_pool_connections", "redis", "idle")]
+        redis_max = series[("rankstream_pool_max_connections", "redis", "")]
+        pg_in_use = series[("rankstream_pool_connections", "postgres", "in_use")]
+        pg_idle = series[("rankstream_pool_connections", "postgres", "idle")]
+        pg_max = series[("rankstream_pool_max_connections", "postgres", "")]
+        assert redis_max == settings.redis_pool_size
+        assert 0 <= redis_in_use <= redis_max and 0 <= redis_idle <= redis_max
+        assert redis_in_use + redis_idle <= redis_max
+        assert pg_max == settings.pg_pool_max
+        assert settings.pg_pool_min <= pg_in_use + pg_idle <= pg_max
+        assert pg_in_use >= 0 and pg_idle >= 0
+    # Every worker opened Redis connections for the traffic; they wait in the pools now.
+    total_redis = sum(
+        v for (n, ls), v in found.items()
+        if n == "rankstream_pool_connections" and ("pool", "redis") in ls
+    )  # fmt: skip
+    assert total_redis >= 1
+
+
+async def test_pool_gauges_follow_the_connections_held(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    settings: Settings,
+) -> None:
+    services: Services = client.app.state.services
+    redis_pool = services.redis.connection_pool
+
+    async def hold() -> tuple[Any, Any]:
+        return await services.pg.acquire(), await redis_pool.get_connection()
+
+    async def let_go(pg_connection: Any, redis_connection: Any) -> None:
+        await redis_pool.release(redis_connection)
+        await services.pg.release(pg_connection)
+
+    # The app runs on the test client's own event loop (a portal thread): its pools must
+    # be used from there.
+    portal = client.blocking_portal
+    held = portal.call(hold)
+    try:
+        busy = samples((await client.get("/metrics")).text)
+    finally:
+        portal.call(let_go, *held)
+    free = samples((await client.get("/metrics")).text)
+    assert value(busy, "rankstream_pool_connections", pool="redis", state="in_use") == 1
+    assert value(busy, "rankstream_pool_connections", pool="postgres", state="in_use") == 1
+    assert value(free, "rankstream_pool_connections", pool="redis", state="in_use") == 0
+    assert value(free, "rankstream_pool_connections", pool="postgres", state="in_use") == 0
+    assert value(free, "rankstream_pool_connections", pool="redis", state="idle") >= 1
+    assert value(free, "rankstream_pool_connections", pool="postgres", state="idle") >= 1
+    assert value(free, "rankstream_pool_max_connections", pool="redis") == settings.redis_pool_size
+    assert value(free, "rankstream_pool_max_connections", pool="postgres") == settings.pg_pool_max
+
+
+WRITE_POOL_GAUGE = """
+import sys
+from service import metrics
+metrics.POOL_MAX.labels("redis").set(7)
+print("set", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_pool_series_of_a_process_that_is_gone_are_forgotten(tmp_path: Path) -> None:
+    def exposed() -> str:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+        return generate_latest(registry).decode()
+
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITE_POOL_GAUGE],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert writer.stdout is not None and writer.stdin is not None
+    assert writer.stdout.readline() == b"set\n"
+    series = f'rankstream_pool_max_connections{{pid="{writer.pid}",pool="redis"}} 7.0'
+    assert poolstats.forget_dead(str(tmp_path)) == []  # alive: kept
+    assert series in exposed()
+    writer.stdin.close()
+    assert writer.wait(10) == 0
+    assert poolstats.forget_dead(str(tmp_path)) == [writer.pid]
+    assert "rankstream_pool_max_connections{" not in exposed()
 
 
 def known_series() -> set[str]:
