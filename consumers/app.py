@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 
 from consumers import upkeep
 from consumers.dead_letters import dead_letter
+from consumers.exposition import serve as serve_metrics
 from consumers.pipeline import Entry, Outcome, Persisted, Pipeline
 from service import coldstart, logs, metrics, stream
 from service.connections import pg_pool, redis_client
@@ -350,8 +351,23 @@ def build(settings: Settings, signals: list[int] | None = None) -> FastStream:
 
 
 def run_workers(settings: Settings, workers: int = 1) -> int:
-    """Run one consumer in this process, or supervise `workers` child processes."""
+    """Run one consumer in this process, or supervise `workers` child processes.
+
+    With RANKSTREAM_CONSUMER_METRICS_PORT set, this process always supervises (one worker
+    or more) and serves their metrics, added up, on that port: one port per `rankstream
+    consume` however many workers, and the workers' files in a folder of their own so no
+    API's /metrics counts them too."""
     logs.configure(settings)
+    if settings.consumer_metrics_port:
+        exposition = serve_metrics(settings.host, settings.consumer_metrics_port)
+        try:
+            env = child_env(settings) | {
+                metrics.MULTIPROC_ENV: exposition.folder,
+                "RANKSTREAM_CONSUMER_METRICS_PORT": "0",  # the workers serve nothing
+            }
+            return _supervise(max(1, workers), env)
+        finally:
+            exposition.close()
     if workers <= 1:
         signals: list[int] = []
         while True:
@@ -363,8 +379,14 @@ def run_workers(settings: Settings, workers: int = 1) -> int:
             # recreates the group.
             log.warning("consumer stopped without a signal (group lost?): starting again")
             time.sleep(RESTART_DELAY_S)
+    return _supervise(workers, child_env(settings))
+
+
+def _supervise(workers: int, env: dict[str, str]) -> int:
+    """Run `workers` single-worker consumer processes until they exit, forwarding
+    SIGTERM/SIGINT to them; the highest exit code."""
     cmd = [sys.executable, "-m", "service.cli", "consume", "--workers", "1"]
-    children = [subprocess.Popen(cmd, env=child_env(settings)) for _ in range(workers)]
+    children = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:

@@ -92,6 +92,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # Observability.
     metrics_dir: str = ""
+    # Port (on `host`) where `rankstream consume` serves its own /metrics; 0: off. One port
+    # per `rankstream consume`, whatever `--workers`: with it set, that process only
+    # supervises and serves, and its workers (one or more) write prometheus-client
+    # multiprocess files into a folder of their own, which it adds up at each scrape. That
+    # folder is private (not metrics_dir), so consumer series are never also counted by an
+    # API's /metrics, under `rankstream up` included.
+    consumer_metrics_port: Port = 0
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"

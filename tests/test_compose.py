@@ -36,8 +36,9 @@ def test_compose_commands_are_real_cli_commands() -> None:
 def test_compose_settings_are_known_settings() -> None:
     from service.settings import Settings
 
-    env = _compose()["services"]["api"]["environment"]
-    Settings.from_env({k: "x" if "KEY" in k else v for k, v in env.items()})
+    for name in ("api", "consumer"):
+        env = _compose()["services"][name]["environment"]
+        Settings.from_env({k: "x" if "KEY" in k else v for k, v in env.items()})
 
 
 def test_dockerfile_runs_as_non_root_with_a_healthcheck() -> None:

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from service import metrics, poolstats
 from service.settings import Settings
 from service.state import Services
 from tests.support import ADMIN, drained
-from tests.test_ratelimit import start_api
+from tests.test_ratelimit import free_port, start_api
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SCORES = "/v1/leaderboards/{board_id}/scores"
@@ -196,6 +198,62 @@ def test_pool_series_of_a_process_that_is_gone_are_forgotten(tmp_path: Path) -> 
     assert writer.wait(10) == 0
     assert poolstats.forget_dead(str(tmp_path)) == [writer.pid]
     assert "rankstream_pool_max_connections{" not in exposed()
+
+
+async def test_standalone_consumer_serves_its_own_metrics(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    spawn: Callable[..., Any],
+    redis: Redis,
+    settings: Settings,
+) -> None:
+    port = free_port()
+    spawn(
+        "consume", "--workers", "2",
+        env_overrides={"RANKSTREAM_CONSUMER_METRICS_PORT": str(port)},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/metrics"
+    assert (
+        await client.post("/v1/leaderboards", json={"id": "c"}, headers=ADMIN)
+    ).status_code == 201
+    batch = [{"board_id": "c", "player_id": f"b{i}", "score": i} for i in range(8)]
+    answer = await client.post("/v1/scores/batch", json={"submissions": batch}, headers=ADMIN)
+    assert answer.status_code == 202
+    for i in range(4):
+        answer = await client.post(
+            "/v1/leaderboards/c/scores", json={"player_id": f"p{i}", "score": i}, headers=ADMIN
+        )
+        assert answer.status_code == 202
+    await drained(redis, settings)
+    # A batch's metrics are recorded just after its acknowledgement: poll for them.
+    found: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    deadline = time.monotonic() + 20
+    async with httpx.AsyncClient(timeout=5) as http:
+        while time.monotonic() < deadline:
+            try:
+                answer = await http.get(url)
+            except httpx.TransportError:  # not listening yet
+                await asyncio.sleep(0.1)
+                continue
+            assert answer.status_code == 200
+            found = samples(answer.text)
+            if found.get(("rankstream_consumer_events_total", frozenset({("kind", "new")}))) == 12:
+                break
+            await asyncio.sleep(0.1)
+    assert value(found, "rankstream_consumer_events_total", kind="new") == 12
+    assert value(found, "rankstream_consumer_batch_size_sum") == 12
+    assert value(found, "rankstream_consumer_batch_size_count") >= 1
+    assert value(found, "rankstream_consumer_batch_duration_seconds_count") >= 1
+    # Only the consumer's processes: the API's counters (in this test process) are not there.
+    assert value(found, "rankstream_submissions_accepted_total") == 0
+
+
+async def test_in_process_registry_and_dependency_errors(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    metrics.dependency_error("postgres", "test")
+    await client.get("/health/live")
+    text = (await client.get("/metrics")).text
+    assert 'rankstream_dependency_errors_total{dependency="postgres",where="test"}' in text
+    assert "rankstream_http_requests_total" in text
+    assert "rankstream_consumer_lag 0.0" in text
 
 
 def known_series() -> set[str]:
