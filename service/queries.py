@@ -197,6 +197,19 @@ WHERE ps.board_id = $1 AND ps.window_name = $2 AND ps.period = $3
 
 SET_ROWS = _SET_ROWS
 
+# The same rows in reverse sorted-set order (stored score, then member, both descending),
+# for a rebuild: each ZADD member then goes to the head of the skiplist, which Redis inserts
+# in O(1) instead of O(log N) with cache misses (a third of the CPU of random order).
+# Stored score is -score on desc boards; the member is the player_id (shared ties) or
+# starts with reached_at (earliest ties). Keyed by (order, ties).
+_IN_INSERT_ORDER = _SET_ROWS + 'ORDER BY ps.score {score}{reached}, ps.player_id COLLATE "C" DESC\n'
+SET_ROWS_IN_INSERT_ORDER = {
+    ("desc", "shared"): _IN_INSERT_ORDER.format(score="ASC", reached=""),
+    ("desc", "earliest"): _IN_INSERT_ORDER.format(score="ASC", reached=", ps.reached_at DESC"),
+    ("asc", "shared"): _IN_INSERT_ORDER.format(score="DESC", reached=""),
+    ("asc", "earliest"): _IN_INSERT_ORDER.format(score="DESC", reached=", ps.reached_at DESC"),
+}
+
 # Rows of one set changed at or after $4: re-applied after a rebuild's swap.
 SET_ROWS_CHANGED_SINCE = _SET_ROWS + " AND ps.updated_at >= $4"
 

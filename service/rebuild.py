@@ -6,7 +6,8 @@ One set (board, window, period) is rebuilt like this:
    start of any transaction still running (so every row committed after the snapshot has
    `updated_at >= since`).
 2. The snapshot's rows stream through a cursor, in chunks, into a temporary set and its
-   versions hash (`<set>:rebuild:<token>`, same hash tag), in large pipelined commands.
+   versions hash (`<set>:rebuild:<token>`, same hash tag), in large pipelined commands,
+   best-last so that Redis inserts every member at the head of the skiplist.
    Banned players get a tombstone version (`version|`) and no member.
 3. A small Lua script swaps atomically: RENAME temp -> real for the set and the versions
    hash (or deletes the real keys when the set has no rows), sets the period's expiry and
@@ -41,7 +42,8 @@ Progress = Callable[[int, int], Awaitable[None]]
 """Called with (rows done, rows in total) after every chunk."""
 
 CHUNK_ROWS = 50_000
-COMMAND_MEMBERS = 10_000  # members per ZADD / fields per HSET
+COMMAND_MEMBERS = 50_000  # members per ZADD / fields per HSET: large commands cost Redis less
+REAPPLY_ROWS = 10_000  # rows per apply-script call: each one blocks Redis while it runs
 TEMP_TTL_MS = 3_600_000  # a crashed rebuild's temporary keys go away on their own
 
 _SWAP_LUA = """
@@ -130,9 +132,9 @@ def cache_rows(
     return out
 
 
-def _bulk_command(name: str, key: str, pairs: list[str], count: int) -> bytes:
-    """A command of `count` pre-encoded argument pairs (ASCII: len() is the byte length)."""
-    head = f"*{2 * count + 2}\r\n${len(name)}\r\n{name}\r\n${len(key)}\r\n{key}\r\n"
+def _bulk_command(name: str, key: str, pairs: list[str]) -> bytes:
+    """A command of pre-encoded argument pairs; lengths in them are UTF-8 byte lengths."""
+    head = f"*{2 * len(pairs) + 2}\r\n${len(name)}\r\n{name}\r\n${len(key)}\r\n{key}\r\n"
     return (head + "".join(pairs)).encode()
 
 
@@ -141,46 +143,42 @@ def _encode_chunk(
 ) -> tuple[list[bytes], int]:
     """The commands adding a chunk of rows to the temporary keys, and how many got a member.
 
-    Player ids, members and numbers are ASCII, so each row's arguments are formatted as one
-    string and the command encoded once: redis-py's per-argument encoding costs about as much
-    as Redis itself inserting the members."""
+    Each row's arguments are formatted as one string and a command encoded once: redis-py's
+    per-argument encoding costs about as much as Redis itself inserting the members. Ids,
+    members and numbers are ASCII (len() is their byte length); names may not be."""
     zadd: list[str] = []
     hset: list[str] = []
-    names: list[bytes] = []
+    names: list[str] = []
     desc = board.order == "desc"
     earliest = board.ties == "earliest"
-    for r in records:
-        player = r["player_id"]
-        version = r["version"]
-        if r["banned"]:
+    # columns of queries.SET_ROWS_IN_INSERT_ORDER, unpacked: faster than lookups by name
+    for player, score, version, reached_at, name, banned in records:
+        if banned:
             tomb = f"{version}|"
             hset.append(f"${len(player)}\r\n{player}\r\n${len(tomb)}\r\n{tomb}\r\n")
             continue
-        score = str(-r["score"] if desc else r["score"])
+        stored = str(-score if desc else score)
         if earliest:
-            member = keys.member(board.ties, player, int(r["reached_at"].timestamp() * 1000))
+            member = keys.member(board.ties, player, int(reached_at.timestamp() * 1000))
             value = f"{version}|{member}"
         else:
             member = player
             value = str(version)
-        zadd.append(f"${len(score)}\r\n{score}\r\n${len(member)}\r\n{member}\r\n")
+        zadd.append(f"${len(stored)}\r\n{stored}\r\n${len(member)}\r\n{member}\r\n")
         hset.append(f"${len(player)}\r\n{player}\r\n${len(value)}\r\n{value}\r\n")
-        name = r["display_name"]
         if name is not None:
-            names += [player.encode(), name.encode()]
+            size = len(name) if name.isascii() else len(name.encode())
+            names.append(f"${len(player)}\r\n{player}\r\n${size}\r\n{name}\r\n")
     step = COMMAND_MEMBERS
+    names_key = keys.names_key(board.id)
     commands = [
-        _bulk_command("ZADD", temp_set, zadd[i : i + step], len(zadd[i : i + step]))
-        for i in range(0, len(zadd), step)
-    ]
-    commands += [
-        _bulk_command("HSET", temp_versions, hset[i : i + step], len(hset[i : i + step]))
-        for i in range(0, len(hset), step)
-    ]
-    names_key = keys.names_key(board.id).encode()
-    commands += [
-        resp.command(b"HSET", names_key, *names[i : i + 2 * step])
-        for i in range(0, len(names), 2 * step)
+        _bulk_command(name, key, pairs[i : i + step])
+        for name, key, pairs in (
+            ("ZADD", temp_set, zadd),
+            ("HSET", temp_versions, hset),
+            ("HSET", names_key, names),
+        )
+        for i in range(0, len(pairs), step)
     ]
     ttl = str(TEMP_TTL_MS).encode()
     commands += [resp.command(b"PEXPIRE", k.encode(), ttl) for k in (temp_set, temp_versions)]
@@ -214,7 +212,8 @@ async def rebuild_set(
             since: datetime = await conn.fetchval(queries.REBUILD_SNAPSHOT_TIME)
             count = await conn.fetchval(queries.COUNT_SET_ROWS, board.id, window, period)
             total = total_hint if total_hint is not None else done_before + count
-            cursor = await conn.cursor(queries.SET_ROWS, board.id, window, period)
+            query = queries.SET_ROWS_IN_INSERT_ORDER[(board.order, board.ties)]
+            cursor = await conn.cursor(query, board.id, window, period)
             # Postgres produces chunk k+2 while this process encodes chunk k+1 and Redis
             # takes chunk k.
             upcoming = asyncio.ensure_future(cursor.fetch(chunk_rows))
@@ -283,8 +282,8 @@ async def reapply_since(
         return 0
     script = rankcache.apply_script(redis)
     applied = 0
-    for i in range(0, len(records), COMMAND_MEMBERS):
-        rows = cache_rows(board, window, period, records[i : i + COMMAND_MEMBERS])
+    for i in range(0, len(records), REAPPLY_ROWS):
+        rows = cache_rows(board, window, period, records[i : i + REAPPLY_ROWS])
         applied += await rankcache.apply_rows(redis, script, {board.id: board}, rows, retention)
     return applied
 
