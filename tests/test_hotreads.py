@@ -178,3 +178,21 @@ async def test_hot_path_counts_rate_limits_and_refuses_over_them(
         assert refused.headers["content-type"].startswith("application/problem+json")
         assert int(refused.headers["retry-after"]) >= 1
         assert refused.json()["limit"] == "rank_lookups"
+
+
+async def test_cross_origin_reads_are_left_to_litestar_cors(
+    settings: Settings, pg: asyncpg.Connection, redis: Redis
+) -> None:
+    await apikeys.store(pg, ADMIN_KEY, "admin", "tests")
+    cors = msgspec.structs.replace(settings, cors_origins="https://game.example")
+    async with AsyncTestClient(app=create_app(cors)) as client:
+        board = await make_board(client)
+        await seed(pg, redis, board, [Seed("a", 1)])
+        path = f"/v1/leaderboards/{board.id}/top"
+        before = answered()
+        browser = await client.get(path, headers={"Origin": "https://game.example"})
+        assert browser.status_code == 200
+        assert browser.headers["access-control-allow-origin"] == "https://game.example"
+        assert answered() == before
+        assert (await client.get(path)).status_code == 200  # no Origin: the hot path
+        assert answered() == before + 1
