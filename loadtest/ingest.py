@@ -27,6 +27,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from loadtest import machine, profiling, results
+from loadtest.backlog import group_state, text
 from loadtest.stack import BOARD_ID, Harness
 from loadtest.stats import figure, percentile
 from service import keys, scores, stream
@@ -91,17 +92,6 @@ async def prefill(
     return time.perf_counter() - t0, last_id
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-async def group_state(redis: Redis, stream_key: str, group: str) -> dict[str, Any] | None:
-    for g in await redis.xinfo_groups(stream_key):
-        if _text(g["name"]) == group:
-            return dict(g)
-    return None
-
-
 async def wait_drained(
     redis: Redis,
     harness: Harness,
@@ -135,9 +125,7 @@ async def wait_drained(
                     {"t_s": round(now - t_spawn, 2), "lag": lag, "pending": pending, "read": read}
                 )
                 next_sample += 1.0
-            caught_up = lag == 0 or (
-                lag is None and _text(g["last-delivered-id"]) == _text(last_id)
-            )
+            caught_up = lag == 0 or (lag is None and text(g["last-delivered-id"]) == text(last_id))
             if pending == 0 and caught_up:
                 return {
                     "t_spawn": t_spawn,

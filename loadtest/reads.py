@@ -144,7 +144,10 @@ def _drive(
             base_url=base, kind=kind, board=BOARD_ID, players=args.players, prefix=PREFIX,
             query=query, connections=args.connections, duration_s=seconds,
         )  # fmt: skip
-    lua = wrk.script(folder, kind, BOARD_ID, args.players, PREFIX, query)
+    load = wrk.Workload(
+        weights={kind: 1}, board_ids=(BOARD_ID,), players=args.players, prefix=PREFIX
+    )
+    lua = wrk.script(folder, kind, load)
     return wrk.run(binary, base, lua, args.connections, args.threads, seconds)
 
 
