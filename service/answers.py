@@ -102,16 +102,16 @@ async def _from_postgres(services: Services, from_pg: Callable[[], Awaitable[T]]
     return answer
 
 
-def page(
-    path: str, query: str, get: bool, target: Target, answer: Any, source: str, rev: int | None
-) -> Page:
+def page(get: bool, answer: Any, source: str, rev: int | None) -> Page:
     """The serialized answer and its ETag (GETs read from a known revision only)."""
+    body = msgspec.json.encode(answer)
     etag = None
     if rev is not None and get:
-        what = f"{path}?{query}|{target.window}|{target.period}|{source}"
-        digest = hashlib.blake2b(what.encode(), digest_size=8).hexdigest()
+        # The counter alone can repeat once Redis lost its data and counts again; with the
+        # answer's digest beside it an old tag can only ever match the very same answer.
+        digest = hashlib.blake2b(body + source.encode(), digest_size=8).hexdigest()
         etag = f'W/"{rev}-{digest}"'
-    return Page(body=msgspec.json.encode(answer), etag=etag, source=source)
+    return Page(body=body, etag=etag, source=source)
 
 
 def cache_key(path: str, query: str, target: Target) -> str:
@@ -139,7 +139,7 @@ async def cached(
     answer, source, revision = await read(services, target, from_redis, from_pg, empty)
     if answer is None:
         return None, source
-    fresh = page(path, query, True, target, answer, source, revision)
+    fresh = page(True, answer, source, revision)
     if source == "redis":
         services.pages.put(key, target.board.id, generation, fresh)
     return fresh, source
@@ -169,7 +169,7 @@ async def cached_from_redis(
         return None  # the full path reads again and records the failure once
     if answer is None:
         return None
-    fresh = page(path, query, True, target, answer, "redis", meta.revision)
+    fresh = page(True, answer, "redis", meta.revision)
     services.pages.put(key, target.board.id, generation, fresh)
     return fresh
 

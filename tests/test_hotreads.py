@@ -196,3 +196,20 @@ async def test_cross_origin_reads_are_left_to_litestar_cors(
         assert answered() == before
         assert (await client.get(path)).status_code == 200  # no Origin: the hot path
         assert answered() == before + 1
+
+
+async def test_an_etag_from_before_redis_lost_its_data_never_matches_a_new_answer(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    pg: asyncpg.Connection,
+    redis: Redis,
+) -> None:
+    board = await make_board(client)
+    await seed(pg, redis, board, [Seed("a", 10), Seed("b", 20)])
+    path = f"/v1/leaderboards/{board.id}/top"
+    old = (await client.get(path)).headers["etag"]
+    await redis.flushall()  # the revision counter starts over, as after a Redis loss
+    await seed(pg, redis, board, [Seed("a", 30, version=2), Seed("b", 20)])
+    fresh = await client.get(path, headers={"If-None-Match": old})
+    assert fresh.headers["etag"].split("-")[0] == old.split("-")[0]  # same counter value
+    assert fresh.status_code == 200 and fresh.json()["entries"][0]["player_id"] == "a"
+    assert fresh.headers["etag"] != old

@@ -284,9 +284,7 @@ async def ranks(
             window=win, period=per, total=0, entries=[], missing=list(dict.fromkeys(ids))
         ),
     )
-    url = request.url
-    page = answers.page(url.path, url.query, False, target, answer, source, revision)
-    return _send(request, services, page)
+    return _send(request, services, answers.page(False, answer, source, revision))
 
 
 ROUTES = [top, player, around, ranks]
