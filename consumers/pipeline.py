@@ -114,10 +114,11 @@ class Pipeline:
             first.setdefault(event.event_id, event)
         unique = list(first.values())
         async with self.pg.acquire() as conn, conn.transaction():
-            new_ids = await _claim(conn, unique)
-            new = [e for e in unique if e.event_id in new_ids]
-            old = [e for e in unique if e.event_id not in new_ids]
-            rows = await _record(conn, boards, new) if new else []
+            banned = await _record_events(conn, unique)
+            new = [e for e in unique if e.event_id in banned]
+            old = [e for e in unique if e.event_id not in banned]
+            counted = [e for e in new if not banned[e.event_id]]
+            rows = await _record(conn, boards, new, counted) if new else []
             rows += await _read_back(conn, boards, old) if old else []
         persisted.rows, persisted.new = rows, new
         persisted.waiting = [e for e in events if e.notify]
@@ -158,39 +159,29 @@ class Pipeline:
         )
 
 
-async def _claim(conn: asyncpg.Connection, events: list[ScoreEvent]) -> set[str]:
+async def _record_events(conn: asyncpg.Connection, events: list[ScoreEvent]) -> dict[str, bool]:
+    """Claim the events' ids and record the new events; new event_id -> player banned."""
     events = sorted(events, key=lambda e: e.event_id)  # one lock order for all consumers
     rows = await conn.fetch(
-        queries.CLAIM_EVENT_IDS,
-        [e.event_id for e in events],
-        [e.board_id for e in events],
-        [_at(e) for e in events],
-    )
-    return {r["event_id"] for r in rows}
-
-
-def _at(event: ScoreEvent) -> datetime:
-    return periods.from_ms(event.accepted_ms)
-
-
-async def _record(
-    conn: asyncpg.Connection, boards: dict[str, Board], events: list[ScoreEvent]
-) -> list[rankcache.ScoreRow]:
-    """Insert new events, upsert their scores and players; return the changed rows."""
-    await conn.execute(
-        queries.INSERT_EVENTS,
+        queries.RECORD_NEW_EVENTS,
         [e.event_id for e in events],
         [e.board_id for e in events],
         [e.player_id for e in events],
         [e.score for e in events],
-        [_at(e) for e in events],
+        [periods.from_ms(e.accepted_ms) for e in events],
         [e.request_id for e in events],
     )
-    banned = {
-        r["player_id"]
-        for r in await conn.fetch(queries.BANNED_AMONG, list({e.player_id for e in events}))
-    }
-    counted = [e for e in events if e.player_id not in banned]
+    return {r["event_id"]: r["banned"] for r in rows}
+
+
+async def _record(
+    conn: asyncpg.Connection,
+    boards: dict[str, Board],
+    events: list[ScoreEvent],
+    counted: list[ScoreEvent],
+) -> list[rankcache.ScoreRow]:
+    """Upsert the scores of new events (`counted`: those of players not banned) and their
+    players; return the changed rows."""
     groups: dict[tuple[str, str], list[tuple[Key, int, datetime]]] = defaultdict(list)
     # Sorted, so concurrent consumers lock rows in one order and never deadlock.
     for key, pending in sorted(fold(boards, counted).items()):

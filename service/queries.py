@@ -33,21 +33,29 @@ GROUP BY window_name, period
 
 # --- ingest (one transaction per batch) -----------------------------------------------------
 
-# New events only: a retried or redelivered event_id conflicts and is left out.
-CLAIM_EVENT_IDS = """
-INSERT INTO event_ids (event_id, board_id, accepted_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
-ON CONFLICT (event_id) DO NOTHING
-RETURNING event_id
+# A batch's events in one statement: claim the event ids (a retried or redelivered
+# event_id conflicts and is left out), record the new events, and answer each new event
+# with whether its player is banned. One round trip instead of three.
+# $1 event_id, $2 board_id, $3 player_id, $4 score, $5 accepted_at, $6 request_id
+RECORD_NEW_EVENTS = """
+WITH e AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[],
+                         $5::timestamptz[], $6::text[])
+        AS e(event_id, board_id, player_id, score, accepted_at, request_id)
+), claimed AS (
+    INSERT INTO event_ids (event_id, board_id, accepted_at)
+    SELECT event_id, board_id, accepted_at FROM e
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+), recorded AS (
+    INSERT INTO score_events (event_id, board_id, player_id, score, accepted_at, request_id)
+    SELECT e.* FROM e JOIN claimed USING (event_id)
+    RETURNING event_id, player_id
+)
+SELECT r.event_id, coalesce(pl.banned, false) AS banned
+FROM recorded r
+LEFT JOIN players pl ON pl.player_id = r.player_id
 """
-
-INSERT_EVENTS = """
-INSERT INTO score_events (event_id, board_id, player_id, score, accepted_at, request_id)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[],
-                     $6::text[])
-"""
-
-BANNED_AMONG = "SELECT player_id FROM players WHERE banned AND player_id = ANY($1::text[])"
 
 # One statement per operator: the combination rule is the only difference. Each takes the
 # batch's already-combined value per row, bumps version only when the score changes, and
