@@ -64,13 +64,21 @@ async def wait_idle(redis: Redis, stream_key: str, group: str, timeout_s: float)
     return None
 
 
-async def wait_consumers(redis: Redis, stream_key: str, group: str, timeout_s: float) -> bool:
-    """Wait until at least one consumer has joined the group (read from the stream once)."""
+async def wait_consumers(
+    redis: Redis, stream_key: str, group: str, timeout_s: float, known: set[str] | None = None
+) -> bool:
+    """Wait until a consumer not in `known` (names of earlier, maybe stopped, processes)
+    has joined the group, i.e. read from the stream once."""
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout_s:
-        if await redis.exists(stream_key):
-            g = await group_state(redis, stream_key, group)
-            if g is not None and int(g.get("consumers", 0)) > 0:
-                return True
+        if await consumer_names(redis, stream_key, group) - (known or set()):
+            return True
         await asyncio.sleep(0.2)
     return False
+
+
+async def consumer_names(redis: Redis, stream_key: str, group: str) -> set[str]:
+    """Names of the group's consumers (an empty set before the group exists)."""
+    if not await redis.exists(stream_key) or await group_state(redis, stream_key, group) is None:
+        return set()
+    return {text(c["name"]) for c in await redis.xinfo_consumers(stream_key, group)}

@@ -1,0 +1,268 @@
+"""The load-test harness' own logic: the generated wrk Lua (run by real wrk against a local
+recorder), the limit attribution, /proc parsing, and the Markdown summary. No servers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from loadtest import dataset, limits, procstat, summary, wrk
+from loadtest.records import DataRecord, Latency, RunRecord, SuiteResult, Usage
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    seen: list[tuple[str, str, dict[str, str], bytes]] = []
+    lock = threading.Lock()
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        with self.lock:
+            self.seen.append((self.command, self.path, dict(self.headers), body))
+        payload = b"{}"
+        self.send_response(202 if self.command == "POST" and "scores" in self.path else 200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = _answer
+    do_POST = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def recorder() -> Any:
+    _Recorder.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Recorder.seen
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_wrk_lua_draws_every_kind_by_weight(recorder: Any, tmp_path: Path) -> None:
+    url, seen = recorder
+    weights = {"top": 3, "cursor": 1, "rank": 3, "around": 1, "friends": 1, "submit": 3, "batch": 1}
+    load = wrk.Workload(
+        weights=weights,
+        board_ids=("b-0", "b-1"),
+        players=1000,
+        prefix="p1k-",
+        windows=("all", "daily"),
+        friends=7,
+        batch=4,
+        cursors=(("b-0", "CUR0"), ("b-1", "CUR1")),
+        key="sekret",
+        tag="t1",
+    )
+    result = wrk.run(wrk.ensure_wrk()[0] or "wrk", url, wrk.script(tmp_path, "mix", load), 2, 2, 1)
+
+    assert result["failed_requests"] == 0
+    assert set(result["kinds"]) == set(weights)
+    assert sum(result["kinds"].values()) >= result["requests"] > 100
+    assert result["latency_ms"]["p95"] is not None
+    kinds: Counter[str] = Counter()
+    event_ids: list[str] = []
+    for method, path, headers, body in seen:
+        lower = {k.lower(): v for k, v in headers.items()}
+        if method == "GET":
+            board = path.split("/")[3]
+            assert board in ("b-0", "b-1")
+            assert "window=all" in path or "window=daily" in path
+            if "cursor=" in path:
+                kinds["cursor"] += 1
+                assert f"cursor=CUR{board[-1]}" in path  # a board's own cursor
+            elif path.split("?")[0].endswith("/top"):
+                kinds["top"] += 1
+                assert "limit=10" in path
+            elif "/around" in path:
+                kinds["around"] += 1
+                assert "radius=5" in path
+            else:
+                kinds["rank"] += 1
+                player = path.split("/")[5].split("?")[0]
+                assert int(player.removeprefix("p1k-")) % 2 == int(board[-1])
+            continue
+        doc = json.loads(body)
+        if path.startswith("/v1/leaderboards/") and path.split("?")[0].endswith("/ranks"):
+            kinds["friends"] += 1
+            board = path.split("/")[3]
+            assert len(doc["player_ids"]) == 7
+            assert all(int(p.removeprefix("p1k-")) % 2 == int(board[-1]) for p in doc["player_ids"])
+            continue
+        assert lower["authorization"] == "Bearer sekret"
+        if path == "/v1/scores/batch":
+            kinds["batch"] += 1
+            items = doc["submissions"]
+            assert len(items) == 4
+        else:
+            kinds["submit"] += 1
+            items = [doc | {"board_id": path.split("/")[3]}]
+        for item in items:
+            assert item["event_id"].startswith("t1-")
+            assert int(item["player_id"].removeprefix("p1k-")) % 2 == int(item["board_id"][-1])
+            assert isinstance(item["score"], int)
+            event_ids.append(item["event_id"])
+    assert len(event_ids) == len(set(event_ids)), "event_ids repeat"
+    total = sum(kinds.values())
+    # roughly by weight (3/13 of the requests each for top, rank, submit)
+    for kind in ("top", "rank", "submit"):
+        assert 0.12 < kinds[kind] / total < 0.35, kinds
+
+
+def test_workload_rejects_what_wrk_cannot_send() -> None:
+    base = {"board_ids": ("b",), "players": 10, "prefix": "p-"}
+    with pytest.raises(ValueError):
+        wrk.lua_text(wrk.Workload(weights={"cursor": 1}, **base))  # no cursors
+    with pytest.raises(ValueError):
+        wrk.lua_text(wrk.Workload(weights={"submit": 1}, **base))  # no key
+    with pytest.raises(ValueError):
+        wrk.lua_text(wrk.Workload(weights={"nope": 1}, **base))
+    with pytest.raises(ValueError):
+        wrk.lua_text(wrk.Workload(weights={"top": 1}, board_ids=('b"',), players=1, prefix="p"))
+
+
+def test_counts_parse_and_print() -> None:
+    assert [dataset.parse_count(t) for t in ("10k", "1M", "2.5m", "64")] == [
+        10_000,
+        1_000_000,
+        2_500_000,
+        64,
+    ]
+    assert [dataset.short_count(n) for n in (10_000, 1_000_000, 10_000_000, 1234)] == [
+        "10k",
+        "1M",
+        "10M",
+        "1234",
+    ]
+    ds = dataset.plan(5, 2, ("all", "daily"), "5", 1)
+    assert (ds.per_board(0), ds.per_board(1), ds.entries) == (3, 2, 10)
+
+
+def test_proc_stat_line_with_odd_command_name() -> None:
+    fields = ["S", "7"] + ["0"] * 9 + ["150", "50"] + ["0"] * 8 + ["10"]
+    stat = procstat.parse_stat(42, "42 (a) b (c)) " + " ".join(fields))
+    assert (stat.ppid, stat.ticks, stat.rss_bytes) == (7, 200, 10 * procstat.PAGE)
+
+
+def _usage(cpu: dict[str, float], machine: float) -> Usage:
+    return Usage(
+        seconds=10,
+        cpu_pct=cpu,
+        machine_pct=machine,
+        cores=2,
+        memory_mib_start={},
+        memory_mib_end={},
+        redis_used_mib_start=None,
+        redis_used_mib_end=None,
+        stream_length_max=0,
+        stream_length_end=0,
+        lag_max=0,
+        lag_end=0,
+        pending_end=0,
+    )
+
+
+def test_limit_is_the_group_that_used_all_its_cores() -> None:
+    capacity = {"api": 2.0, "redis": 1.0, "wrk": 2.0}
+    redis_bound = _usage({"redis": 97, "api": 80, "wrk": 20, "other": 0}, 197)
+    assert limits.limited_by(redis_bound, capacity, 64).startswith("redis CPU (97% of 1 core)")
+    shared = _usage({"redis": 40, "api": 120, "wrk": 35, "other": 3}, 198)
+    assert limits.limited_by(shared, capacity, 64).startswith("machine CPU (198% of 200%: api")
+    idle = _usage({"redis": 5, "api": 30, "wrk": 5, "other": 60}, 100)
+    line = limits.limited_by(idle, capacity, 1, failed=50, requests=1000)
+    assert line.startswith("no process CPU-bound")
+    assert "round trips of 1 connection" in line
+    assert "outside the test took 60%" in line
+    assert "50 failed requests" in line
+
+
+def _run(scenario: str, players: int, connections: int, curve: str, rps: float) -> RunRecord:
+    return RunRecord(
+        scenario=scenario,
+        label=scenario,
+        curve=curve,
+        players=players,
+        connections=connections,
+        threads=2,
+        duration_s=8,
+        requests=int(rps * 8),
+        requests_per_s=rps,
+        submissions_per_s=None,
+        errors={"timeout": 0},
+        failed_requests=0,
+        latency_ms=Latency(p50=1.0, p95=2.0, p99=3.5),
+        kinds={scenario: int(rps * 8)},
+        usage=_usage({"api": 150.0, "redis": 20.0, "other": 1.0}, 190),
+        drain_s=None,
+        limited_by="machine CPU",
+    )
+
+
+def test_summary_tables_by_players_and_by_connections(tmp_path: Path) -> None:
+    runs = [
+        _run("top", 10_000, 64, "size", 4000),
+        _run("top", 1_000_000, 1, "connections", 900),
+        _run("top", 1_000_000, 64, "both", 3000),
+        _run("rank", 1_000_000, 64, "both", 2000),
+        _run("rank", 10_000, 64, "size", 2500),
+        _run("rank", 1_000_000, 1, "connections", 600),
+    ]
+    data = DataRecord(
+        players=10_000,
+        boards=["b-0", "b-1"],
+        windows=["all", "daily"],
+        ranked_entries=20_000,
+        postgres_copy_s=1.0,
+        rebuild_s=0.5,
+        rebuild_sets=[],
+        settle_s=0.1,
+        redis_used_bytes=3_000_000,
+        redis_bytes_per_entry=150.0,
+        key_bytes={"sorted_set": 500_000, "versions_hash": 200_000, "names_hash": 250_000},
+        sanity={},
+    )
+    result = SuiteResult(
+        scenario="all",
+        started_at="2026-01-01T00:00:00Z",
+        machine={},
+        load={},
+        parameters={"scenarios": ["top", "rank"]},
+        load_generator="wrk",
+        datasets=[data],
+        runs=runs,
+        plot="x.png",
+    )
+    path = tmp_path / "results" / "x.json"
+    lines = summary.render(msgspec.to_builtins(result), path, tmp_path)
+    text = "\n".join(lines)
+    assert "players and connections: [x.png](results/x.png)" in text
+    assert "| 10k | 2 x 2 (all, daily) | 20,000 |" in text
+    assert "100 / 40 / 50" in text  # bytes per player of set / versions / names, one board
+    by_players = text.split("### By players, at 64 connections")[1].split("###")[0]
+    rows = [r for r in by_players.splitlines() if r.startswith("| top") or r.startswith("| rank")]
+    assert [r.split(" | ")[:3] for r in rows] == [
+        ["| top", "10k", "64"],
+        ["| top", "1M", "64"],
+        ["| rank", "10k", "64"],
+        ["| rank", "1M", "64"],
+    ]
+    by_conns = text.split("### By connections, at 1M players")[1].split("###")[0]
+    rows = [r for r in by_conns.splitlines() if r.startswith("| top") or r.startswith("| rank")]
+    assert [r.split(" | ")[2] for r in rows] == ["1", "64", "1", "64"]
+    assert "api 150 · redis 20 · other 1" in text
+    assert "### Runs" not in text  # every run is in one of the two tables
