@@ -10,6 +10,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+
+def pool_exhausted(exc: BaseException) -> bool:
+    """redis-py's pool had no free connection within its timeout: this process is busy,
+    which says nothing about Redis, so breakers must not count it as a failure."""
+    return isinstance(exc, RedisConnectionError) and str(exc) == "No connection available."
+
 
 class BreakerOpen(Exception):
     """The dependency failed repeatedly and is being skipped."""

@@ -17,7 +17,7 @@ from litestar.plugins.problem_details import (
 )
 from redis import exceptions as redis_exceptions
 
-from service.breaker import BreakerOpen
+from service.breaker import BreakerOpen, pool_exhausted
 from service.models import InvalidField
 
 log = logging.getLogger("rankstream.api")
@@ -152,7 +152,7 @@ def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
     if isinstance(exc, UNAVAILABLE):
         services = getattr(request.app.state, "services", None)
         breaker = services.breakers.of(dependency) if services else None
-        if breaker is not None:
+        if breaker is not None and not pool_exhausted(exc):
             breaker.failure()
         log.warning("dependency unavailable on %s %s: %r", request.method, request.url.path, exc)
         problem = Problem(

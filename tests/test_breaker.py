@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import asyncpg
+import msgspec
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from service import embedded
+from service.app import create_app
 from service.breaker import Breaker
+from service.settings import Settings
 from tests.conftest import Servers
-from tests.support import ADMIN
+from tests.support import ADMIN, ADMIN_KEY
 from tests.test_rankings import Seed, make_board, seed
 
 
@@ -65,3 +69,44 @@ async def test_redis_down_fails_fast_and_reads_go_to_postgres(
     assert answer.status_code == 202
     top = await client.get(f"/v1/leaderboards/{board.id}/top")
     assert top.headers["x-rankstream-source"] == "redis"
+
+
+async def test_a_full_redis_pool_is_503_but_not_a_redis_failure(
+    settings: Settings, pg: asyncpg.Connection, redis: Redis
+) -> None:
+    from service import apikeys
+
+    await apikeys.store(pg, ADMIN_KEY, "admin", "tests")
+    small = msgspec.structs.replace(settings, redis_pool_size=1, redis_pool_timeout_s=0.1)
+    async with AsyncTestClient(app=create_app(small)) as client:
+        board = await make_board(client)
+        services = client.app.state.services
+        pool = services.redis.connection_pool
+
+        async def hold() -> Any:
+            return await pool.get_connection()
+
+        async def let_go(connection: Any) -> None:
+            await pool.release(connection)
+
+        held = client.blocking_portal.call(hold)  # the app's loop: its pool lives there
+        try:
+            answers = [
+                await client.post(
+                    f"/v1/leaderboards/{board.id}/scores",
+                    json={"player_id": "p", "score": 1},
+                    headers=ADMIN,
+                )
+                for _ in range(6)
+            ]
+        finally:
+            client.blocking_portal.call(let_go, held)
+        assert [a.status_code for a in answers] == [503] * 6
+        assert all(a.headers["retry-after"] for a in answers)
+        assert services.breakers.redis.failures == 0  # busy, not down: not skipped
+        after = await client.post(
+            f"/v1/leaderboards/{board.id}/scores",
+            json={"player_id": "p", "score": 1},
+            headers=ADMIN,
+        )
+        assert after.status_code == 202
