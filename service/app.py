@@ -21,7 +21,6 @@ from service.routes import metrics as metrics_routes
 from service.settings import Settings
 from service.state import Services
 
-
 GC_THRESHOLDS = (20_000, 50, 100)  # CPython's default is (700, 10, 10)
 
 
