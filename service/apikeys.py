@@ -22,6 +22,7 @@ class KeyInfo(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     created_at: datetime
     revoked_at: datetime | None
+    signed: bool = False  # its submissions must be signed (service.signing)
 
     @property
     def revoked(self) -> bool:
@@ -39,15 +40,30 @@ def generate() -> str:
     return PREFIX + secrets.token_urlsafe(32)
 
 
-async def store(conn: asyncpg.Connection | asyncpg.Pool, key: str, role: Role, name: str) -> int:
+class StoredKey(msgspec.Struct, frozen=True):
+    """What a request's key allows: its role, and the secret its submissions are signed with."""
+
+    role: Role
+    signing_secret: str | None = None
+
+
+async def store(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    key: str,
+    role: Role,
+    name: str,
+    signing_secret: str | None = None,
+) -> int:
     """Store a key's hash (idempotent for the same key); return its id."""
     row_id: int = await conn.fetchval(
-        "INSERT INTO api_keys (key_hash, role, name) VALUES ($1, $2, $3) "
-        "ON CONFLICT (key_hash) DO UPDATE SET role = EXCLUDED.role, revoked_at = NULL "
+        "INSERT INTO api_keys (key_hash, role, name, signing_secret) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (key_hash) DO UPDATE SET role = EXCLUDED.role, revoked_at = NULL, "
+        "signing_secret = EXCLUDED.signing_secret "
         "RETURNING id",
         digest(key),
         role,
         name,
+        signing_secret,
     )
     return row_id
 
@@ -58,18 +74,20 @@ async def count(conn: asyncpg.Connection | asyncpg.Pool) -> int:
     return n
 
 
-async def lookup(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> Role | None:
-    """The role of a live key, or None."""
-    role: Role | None = await conn.fetchval(
-        "SELECT role FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", digest(key)
+async def lookup(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> StoredKey | None:
+    """Role and signing secret of a live key, or None."""
+    row = await conn.fetchrow(
+        "SELECT role, signing_secret FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        digest(key),
     )
-    return role
+    return None if row is None else StoredKey(row["role"], row["signing_secret"])
 
 
 async def list_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[KeyInfo]:
     """Every key, oldest first, without secrets."""
     rows = await conn.fetch(
-        "SELECT id, role, name, created_at, revoked_at FROM api_keys ORDER BY id"
+        "SELECT id, role, name, created_at, revoked_at, signing_secret IS NOT NULL AS signed "
+        "FROM api_keys ORDER BY id"
     )
     return [
         KeyInfo(
@@ -78,6 +96,7 @@ async def list_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[KeyInfo]:
             name=r["name"],
             created_at=r["created_at"],
             revoked_at=r["revoked_at"],
+            signed=r["signed"],
         )
         for r in rows
     ]

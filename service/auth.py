@@ -7,12 +7,13 @@ from typing import Any, Literal
 
 import asyncpg
 
-from service import apikeys
+from service import apikeys, signing
 from service.problems import Problem
 
 Need = Literal["reader", "client", "admin"]
 CACHE_TTL_S = 30.0
 _RANK = {"reader": 0, "client": 1, "admin": 2}
+_BOOTSTRAP = apikeys.StoredKey("admin")
 
 
 class KeyCache:
@@ -24,21 +25,26 @@ class KeyCache:
         self._pg = pg
         self._ttl_s = ttl_s
         self._bootstrap = bootstrap_admin_key
-        self._cache: dict[str, tuple[float, apikeys.Role | None]] = {}
+        self._cache: dict[str, tuple[float, apikeys.StoredKey | None]] = {}
 
-    async def role(self, key: str) -> apikeys.Role | None:
-        """The role of a live key, or None."""
+    async def stored(self, key: str) -> apikeys.StoredKey | None:
+        """Role and signing secret of a live key, or None."""
         if self._bootstrap and key == self._bootstrap:
-            return "admin"
+            return _BOOTSTRAP
         now = time.monotonic()
         hit = self._cache.get(key)
         if hit and now - hit[0] < self._ttl_s:
             return hit[1]
-        role = await apikeys.lookup(self._pg, key)
+        found = await apikeys.lookup(self._pg, key)
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[key] = (now, role)
-        return role
+        self._cache[key] = (now, found)
+        return found
+
+    async def role(self, key: str) -> apikeys.Role | None:
+        """The role of a live key, or None."""
+        found = await self.stored(key)
+        return None if found is None else found.role
 
     def forget(self) -> None:
         """Drop every remembered key (this process only; others wait out the TTL)."""
@@ -75,3 +81,18 @@ async def authorize(keys: KeyCache, headers: Any, need: Need, public_reads: bool
     if _RANK[role] < _RANK[need]:
         raise Problem(403, "Forbidden", f"this route needs the {need} role; the key is {role}")
     return role
+
+
+async def check_signature(keys: KeyCache, headers: Any, body: bytes) -> None:
+    """A key with a signing secret must sign the body (service.signing): 401 otherwise."""
+    key = bearer(headers)
+    found = None if key is None else await keys.stored(key)
+    if found is None or found.signing_secret is None:
+        return
+    try:
+        signing.verify(found.signing_secret, headers, body, time.time())
+    except signing.BadSignature as exc:
+        raise Problem(
+            401, "Bad signature", f"{exc.header}: {exc}", field=exc.header,
+            headers={"WWW-Authenticate": "Bearer"},
+        ) from None  # fmt: skip

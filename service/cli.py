@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from service import apikeys, embedded, migrations, periods, up
+from service import apikeys, embedded, migrations, periods, signing, up
 from service.connections import pg_pool, redis_client
 from service.models import Board
 from service.settings import Settings, SettingsError
@@ -73,6 +73,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if args.action == "create" and args.role is None:
         print("rankstream: keys create needs --role", file=sys.stderr)
         return 2
+    if args.signed and args.role != "client":
+        print("rankstream: --signed is for client keys (game clients)", file=sys.stderr)
+        return 2
     if args.action == "revoke" and args.id is None:
         print("rankstream: keys revoke needs a key id (see `keys list`)", file=sys.stderr)
         return 2
@@ -82,8 +85,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
         try:
             if args.action == "create":
                 key = apikeys.generate()
-                await apikeys.store(pool, key, args.role, args.name)
-                print(key)
+                secret = signing.generate_secret() if args.signed else None
+                await apikeys.store(pool, key, args.role, args.name, signing_secret=secret)
+                print(key if secret is None else f"{key}\n{secret}")
+                if secret is not None:
+                    print(
+                        "the second line is the signing secret: sign submissions with it "
+                        "(X-Rankstream-Timestamp, X-Rankstream-Signature; see README)",
+                        file=sys.stderr,
+                    )
                 return 0
             if args.action == "list":
                 found = await apikeys.list_keys(pool)
@@ -92,7 +102,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     return 0
                 for k in found:
                     state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "live"
-                    print(f"{k.id:>6}  {k.role:6}  {state:24}  {k.created_at:%Y-%m-%d}  {k.name}")
+                    signed = "signed" if k.signed else "      "
+                    print(
+                        f"{k.id:>6}  {k.role:6}  {signed}  {state:24}  "
+                        f"{k.created_at:%Y-%m-%d}  {k.name}"
+                    )
                 return 0
             done = await apikeys.revoke(pool, args.id)
         finally:
@@ -322,6 +336,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("id", nargs="?", type=int, help="key id (revoke)")
     p.add_argument("--role", choices=["admin", "client"], help="role of a new key (create)")
     p.add_argument("--name", default="", help="label of a new key (create)")
+    p.add_argument(
+        "--signed", action="store_true", help="the new client key must sign submissions (create)"
+    )
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     p = command("dlq", cmd_dlq)
     p.add_argument("action", choices=["list", "replay"])

@@ -7,7 +7,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 
 from service import metrics, scores, stream
-from service.auth import authorize
+from service.auth import authorize, check_signature
 from service.boards import UnknownBoard
 from service.hygiene import request_id_of
 from service.models import (
@@ -46,6 +46,7 @@ def _per_player(events: list[ScoreEvent]) -> list[Counted]:
 async def _accepting(request: Request, services: Services, subject: str | None) -> str | None:  # type: ignore[type-arg]
     services.breakers.redis.check()  # Redis down: fail now, not after connect timeouts
     await authorize(services.keys, request.headers, "client", services.settings.public_reads)
+    await check_signature(services.keys, request.headers, await request.body())
     # One submission: per board and player; a batch: per API key here, and its items per
     # board and player once they are valid (submit_batch).
     await limit(request, services, "submissions" if subject else None, subject)
