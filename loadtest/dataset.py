@@ -71,7 +71,7 @@ def plan(players: int, boards: int, windows: tuple[Window, ...], tag: str, seed:
     apart from other sizes' when several share one database)."""
     return Dataset(
         players=players,
-        board_ids=tuple(f"bench-{tag}-{k}" for k in range(boards)),
+        board_ids=tuple(f"bench-{tag.lower()}-{k}" for k in range(boards)),  # ids: lowercase
         windows=windows,
         prefix=f"p{tag}-",
         seed=seed,

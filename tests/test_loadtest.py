@@ -266,3 +266,14 @@ def test_summary_tables_by_players_and_by_connections(tmp_path: Path) -> None:
     assert [r.split(" | ")[2] for r in rows] == ["1", "64", "1", "64"]
     assert "api 150 · redis 20 · other 1" in text
     assert "### Runs" not in text  # every run is in one of the two tables
+
+
+def test_dataset_ids_are_valid_board_and_player_ids() -> None:
+    from loadtest import dataset
+    from service.models import BoardId, PlayerId
+
+    for tag in ("10k", "100k", "1M", "10M"):  # 1M once made `bench-1M-0`, refused by Postgres
+        planned = dataset.plan(1000, 2, ("all", "daily"), tag, 1)
+        for board_id in planned.board_ids:
+            assert msgspec.convert(board_id, BoardId) == board_id
+        assert msgspec.convert(f"{planned.prefix}999", PlayerId)
