@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import metrics, periods, ranking
@@ -165,8 +166,8 @@ async def cached_from_redis(
     meta = ranking.ReadMeta()
     try:
         answer = await from_redis(meta)
-    except (ranking.SetMissing, *REDIS_DOWN):
-        return None  # the full path reads again and records the failure once
+    except (ranking.SetMissing, RedisError, *REDIS_DOWN):
+        return None  # the full path reads again, records the failure once, answers errors
     if answer is None:
         return None
     fresh = page(True, answer, "redis", meta.revision)

@@ -94,7 +94,8 @@ class HotReads:
             if services is not None:
                 try:
                     page, status, headers = await self._answer(services, scope)
-                except (_Pass, Problem, boards.UnknownBoard, answers.BadParameter):
+                # ValueError: answers.BadParameter, and a query that is not UTF-8.
+                except (_Pass, Problem, boards.UnknownBoard, ValueError):
                     _PASSED.inc()
                 else:
                     _ANSWERED.inc()

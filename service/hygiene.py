@@ -12,6 +12,7 @@ import os
 import re
 import time
 from typing import Any
+from urllib.parse import quote_from_bytes
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,6 +29,7 @@ _SANE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 SUBMISSION_ROUTES = frozenset({"/v1/leaderboards/{board_id}/scores", "/v1/scores/batch"})
 ADMIN_PREFIXES = ("/v1/admin",)
 QUIET_ROUTES = frozenset({"/health/live", "/health/ready", "/metrics"})
+_QUERY_SAFE = "&=%+;/?:@,$!*'()~"
 _STATIC_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -112,6 +114,11 @@ class Hygiene:
                 *((k, v) for k, v in scope["headers"] if k != REQUEST_ID_HEADER),
                 (REQUEST_ID_HEADER, request_id.encode()),
             ]
+        query = scope.get("query_string", b"")
+        if query and not query.isascii():
+            # HTTP clients percent-encode, but a raw non-ASCII byte made Litestar fail with
+            # a 500; escaped, the value is validated like any other (a 4xx naming it).
+            scope["query_string"] = quote_from_bytes(query, safe=_QUERY_SAFE).encode()
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         https = self._https(scope)

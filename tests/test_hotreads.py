@@ -213,3 +213,36 @@ async def test_an_etag_from_before_redis_lost_its_data_never_matches_a_new_answe
     assert fresh.headers["etag"].split("-")[0] == old.split("-")[0]  # same counter value
     assert fresh.status_code == 200 and fresh.json()["entries"][0]["player_id"] == "a"
     assert fresh.headers["etag"] != old
+
+
+async def test_a_query_that_is_not_utf8_is_a_problem_naming_the_field(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    pg: asyncpg.Connection,
+    redis: Redis,
+) -> None:
+    board = await make_board(client)
+    await seed(pg, redis, board, [Seed("a", 1)])
+    path = f"/v1/leaderboards/{board.id}/top"
+    sent: list[dict[str, Any]] = []
+
+    async def call() -> None:  # raw bytes no HTTP client would send
+        scope = {
+            "type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+            "root_path": "", "query_string": b"limit=2&window=\xff", "headers": [],
+            "client": ("127.0.0.1", 1), "server": ("testserver", 80), "scheme": "http",
+            "http_version": "1.1", "asgi": {"version": "3.0"}, "state": {},
+        }  # fmt: skip
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await client.app(scope, receive, send)
+
+    before = answered()
+    client.blocking_portal.call(call)
+    assert answered() == before
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 422
+    assert msgspec.json.decode(sent[1]["body"])["field"] == "window"
