@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from loadtest import ingest, plot, reads, rebuild, results, suite
+from loadtest import clients, ingest, plot, reads, rebuild, results, suite
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("rebuild", help="rebuild of a 1,000,000-player board from Postgres")
     rebuild.add_arguments(p)
     p.set_defaults(func=rebuild.run)
+    p = sub.add_parser("clients", help="client CPU per Redis command: redis-py vs the read link")
+    clients.add_arguments(p)
+    p.set_defaults(func=clients.run)
     p = sub.add_parser("report", help="regenerate RESULTS.md from results/*.json")
     p.add_argument("--results-dir", type=Path, default=results.RESULTS_DIR)
     p.set_defaults(func=_report)

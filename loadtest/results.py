@@ -105,6 +105,20 @@ def _figures(run: dict[str, Any]) -> list[str]:
     for note in run.get("notes", []):
         lines.append("")
         lines.append(f"> {note}")
+    lines += _profile(run)
+    return lines
+
+
+def _profile(run: dict[str, Any], top: int = 6) -> list[str]:
+    """Where the profiled process spent its time (py-spy, self time), per scenario."""
+    profiles = run.get("profile") or {}
+    if not isinstance(profiles, dict) or not profiles:
+        return []
+    lines = ["", "Profile of the 1-worker API (py-spy, share of samples by self time):", ""]
+    for kind, found in profiles.items():
+        entries = (found or {}).get("self", [])[:top]
+        shares = "; ".join(f"{e['function']} {100 * e['share']:.1f}%" for e in entries)
+        lines.append(f"- {kind}: {shares}")
     return lines
 
 
