@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 
 from loadtest import machine, profiling, results
 from loadtest.backlog import group_state, text
-from loadtest.stack import BOARD_ID, Harness
+from loadtest.stack import BOARD_ID, Harness, add_stack_arguments
 from loadtest.stats import figure, percentile
 from service import keys, scores, stream
 from service.models import ScoreEvent
@@ -54,15 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="after the measured drain, pre-fill again and py-spy the consumer for SECONDS",
     )
     p.add_argument("--skip-latency", action="store_true", help="throughput phase only")
-    p.add_argument(
-        "--rate-limits",
-        choices=["off", "high"],
-        default="off",
-        help="API rate limits: off (default) or on with out-of-reach limits",
-    )
-    p.add_argument("--no-fsync", action="store_true", help="embedded PostgreSQL with fsync=off")
-    p.add_argument("--keep-data", action="store_true", help="keep the temporary data folder")
-    p.add_argument("--seed", type=int, default=1)
+    add_stack_arguments(p)
 
 
 # --- phase 1: throughput ------------------------------------------------------------------

@@ -22,7 +22,14 @@ import msgspec
 from redis.asyncio import Redis
 
 from loadtest import machine, profiling, pyclient, results, wrk
-from loadtest.stack import BOARD_ID, PLAYER_PREFIX, Harness, copy_players, scores_of
+from loadtest.stack import (
+    BOARD_ID,
+    PLAYER_PREFIX,
+    Harness,
+    add_stack_arguments,
+    copy_players,
+    scores_of,
+)
 from loadtest.stats import figure
 from service import keys, rankcache
 from service.models import Board
@@ -54,15 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="after the measured runs, py-spy the 1-worker API for SECONDS per scenario",
     )
     p.add_argument("--python-client", action="store_true", help="use the Python client, not wrk")
-    p.add_argument(
-        "--rate-limits",
-        choices=["off", "high"],
-        default="off",
-        help="API rate limits: off (default) or on with out-of-reach limits",
-    )
-    p.add_argument("--no-fsync", action="store_true", help="embedded PostgreSQL with fsync=off")
-    p.add_argument("--keep-data", action="store_true")
-    p.add_argument("--seed", type=int, default=1)
+    add_stack_arguments(p)
 
 
 # --- data ---------------------------------------------------------------------------------

@@ -24,7 +24,14 @@ from typing import Any
 from redis.asyncio import Redis
 
 from loadtest import machine, results
-from loadtest.stack import BOARD_ID, PLAYER_PREFIX, Harness, copy_players, scores_of
+from loadtest.stack import (
+    BOARD_ID,
+    PLAYER_PREFIX,
+    Harness,
+    add_stack_arguments,
+    copy_players,
+    scores_of,
+)
 from loadtest.stats import figure
 from service import coldstart, keys, rebuild
 from service.connections import pg_pool
@@ -37,9 +44,7 @@ TARGET_S = 4.0
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--players", type=int, default=1_000_000, help="ranked players (1000000)")
     p.add_argument("--runs", type=int, default=3, help="rebuilds of each kind (3)")
-    p.add_argument("--no-fsync", action="store_true", help="embedded PostgreSQL with fsync=off")
-    p.add_argument("--keep-data", action="store_true")
-    p.add_argument("--seed", type=int, default=1)
+    add_stack_arguments(p, rate_limits=False)
 
 
 async def load_postgres(harness: Harness, n: int, seed: int) -> dict[str, Any]:

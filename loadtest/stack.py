@@ -6,6 +6,7 @@ by pid, then the embedded servers through `service.embedded.stop`).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -250,6 +251,20 @@ class Harness:
 
 
 PLAYER_PREFIX = "player-"
+
+
+def add_stack_arguments(p: argparse.ArgumentParser, rate_limits: bool = True) -> None:
+    """The options of every scenario that starts its own stack here."""
+    if rate_limits:
+        p.add_argument(
+            "--rate-limits",
+            choices=["off", "high"],
+            default="off",
+            help="API rate limits: off (default) or on with out-of-reach limits",
+        )
+    p.add_argument("--no-fsync", action="store_true", help="embedded PostgreSQL with fsync=off")
+    p.add_argument("--keep-data", action="store_true", help="keep the temporary data folder")
+    p.add_argument("--seed", type=int, default=1)
 
 
 def scores_of(n: int, seed: int) -> list[int]:

@@ -6,11 +6,14 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import msgspec
+from redis.asyncio import Redis
 
 from service import apikeys, embedded, migrations, periods, signing, up
 from service.connections import pg_pool, redis_client
@@ -124,6 +127,18 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+@asynccontextmanager
+async def _stores(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, Redis]]:
+    """A Postgres pool and a Redis client for one command, closed afterwards."""
+    pool = await pg_pool(settings)
+    redis = redis_client(settings)
+    try:
+        yield pool, redis
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
     """List dead letters, or replay them into the submission stream."""
     from service import dead_letters
@@ -131,9 +146,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     settings = up.resolve_servers(_settings(args))
 
     async def run() -> int:
-        pool = await pg_pool(settings)
-        redis = redis_client(settings)
-        try:
+        async with _stores(settings) as (pool, redis):
             if args.action == "list":
                 found = await dead_letters.list_dead_letters(pool, replayed=args.all)
                 if args.json:
@@ -151,9 +164,6 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 return 0
             ids = list(args.ids) if args.ids else None
             result = await dead_letters.replay(redis, pool, settings.stream_key, ids)
-        finally:
-            await redis.aclose()
-            await pool.close()
         print(f"replayed {len(result.replayed)}: {' '.join(map(str, result.replayed))}".rstrip())
         if result.undecodable:
             print(f"left alone (undecodable): {' '.join(map(str, result.undecodable))}")
@@ -211,9 +221,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> int:
-        pool = await pg_pool(settings)
-        redis = redis_client(settings)
-        try:
+        async with _stores(settings) as (pool, redis):
             board = _board_or_exit(args.board, await boards.load_all(pool))
             if board is None:
                 return 2
@@ -266,9 +274,6 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
                 )
             print(f"rebuilt {len(report.sets)} set(s), {report.rows} rows in {report.seconds:.2f}s")
             return 0
-        finally:
-            await redis.aclose()
-            await pool.close()
 
     return asyncio.run(run())
 
@@ -280,18 +285,13 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     settings = up.resolve_servers(_settings(args))
 
     async def run() -> int:
-        pool = await pg_pool(settings)
-        redis = redis_client(settings)
-        try:
+        async with _stores(settings) as (pool, redis):
             board = _board_or_exit(args.board, await boards.load_all(pool))
             if board is None:
                 return 2
             report = await reconcile.reconcile_board(
                 redis, pool, board, retention=settings.retention_periods, fix=args.fix
             )
-        finally:
-            await redis.aclose()
-            await pool.close()
         if args.json:
             print(msgspec.json.format(msgspec.json.encode(report)).decode())
         else:

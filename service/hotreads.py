@@ -27,14 +27,15 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from service import answers, boards, metrics, ranking
 from service.auth import authorize
+from service.models import BOARD_ID_PATTERN, PLAYER_ID_PATTERN
 from service.pagecache import Page
 from service.problems import Problem
 from service.ratelimit import RouteClass
 from service.routes.limiting import check
 from service.state import Services
 
-_BOARD = r"(?P<board>[a-z0-9][a-z0-9_-]{0,63})"  # models.BoardId
-_PLAYER = r"(?P<player>[A-Za-z0-9_.:@-]{1,128})"  # models.PlayerId
+_BOARD = f"(?P<board>{BOARD_ID_PATTERN[1:-1]})"  # the id rules, without their anchors
+_PLAYER = f"(?P<player>{PLAYER_ID_PATTERN[1:-1]})"
 _ROUTES = [
     (re.compile(rf"^/v1/leaderboards/{_BOARD}/top$"), "top"),
     (re.compile(rf"^/v1/leaderboards/{_BOARD}/players/{_PLAYER}$"), "player"),

@@ -11,12 +11,10 @@ MAX_SAFE = 2**53 - 1
 METADATA_MAX_BYTES = 2048
 BATCH_MAX = 500
 
-BoardId = Annotated[
-    str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", examples=["arena-season-3"])
-]
-PlayerId = Annotated[
-    str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$", examples=["player:42"])
-]
+BOARD_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+PLAYER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
+BoardId = Annotated[str, msgspec.Meta(pattern=BOARD_ID_PATTERN, examples=["arena-season-3"])]
+PlayerId = Annotated[str, msgspec.Meta(pattern=PLAYER_ID_PATTERN, examples=["player:42"])]
 EventId = Annotated[
     str,
     msgspec.Meta(
