@@ -1,4 +1,4 @@
-"""One batch of stream entries: Postgres transaction, then sorted sets, then acknowledgement.
+"""One batch of stream entries: Postgres transactions, then sorted sets, then acknowledgement.
 
 The order is what makes the guarantees hold: an entry is acknowledged only after the
 transaction recording it has committed and its rows are in Redis; event ids are claimed
@@ -8,22 +8,25 @@ read back from Postgres through the version guard, so any interleaving converges
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import asyncpg
 import msgspec
 from redis.asyncio import Redis
 
-from service import periods, queries, rankcache, stream
+from consumers import lanes
+from service import queries, rankcache, stream
 from service.boards import BoardCache
-from service.combine import Key, fold, keys_of
+from service.combine import fold, keys_of
 from service.models import Applied, Board, ScoreEvent
 from service.settings import Settings
 
 log = logging.getLogger("rankstream.consumer")
+_encode_json = msgspec.json.Encoder().encode
 
 Entry = tuple[bytes, dict[bytes, bytes]]  # stream id, fields
 
@@ -108,11 +111,31 @@ class Pipeline:
             await self._notify(boards, persisted.waiting, before)
 
     async def _record_batch(self, events: list[ScoreEvent], persisted: Persisted) -> None:
-        boards = persisted.boards
         first: dict[str, ScoreEvent] = {}
         for event in events:
             first.setdefault(event.event_id, event)
-        unique = list(first.values())
+        parts = lanes.split(list(first.values()), self.settings.ingest_lanes)
+        done = await asyncio.gather(
+            *(self._record_lane(part, persisted.boards) for part in parts),
+            return_exceptions=True,
+        )
+        # Every lane has committed or rolled back by now; a failed one fails the batch
+        # (nothing is acknowledged, and a retry finds the committed lanes' events old).
+        for result in done:
+            if isinstance(result, BaseException):
+                raise result
+            rows, new = result
+            persisted.rows += rows
+            persisted.new += new
+        persisted.waiting = [e for e in events if e.notify]
+        persisted.outcome.new_events = len(persisted.new)
+        persisted.outcome.duplicates = len(events) - len(persisted.new)
+
+    async def _record_lane(
+        self, unique: list[ScoreEvent], boards: dict[str, Board]
+    ) -> tuple[list[rankcache.ScoreRow], list[ScoreEvent]]:
+        """One lane's transaction: claim and record its events, upsert their scores;
+        (changed rows, new events)."""
         async with self.pg.acquire() as conn, conn.transaction():
             banned = await _record_events(conn, unique)
             new = [e for e in unique if e.event_id in banned]
@@ -120,10 +143,7 @@ class Pipeline:
             counted = [e for e in new if not banned[e.event_id]]
             rows = await _record(conn, boards, new, counted) if new else []
             rows += await _read_back(conn, boards, old) if old else []
-        persisted.rows, persisted.new = rows, new
-        persisted.waiting = [e for e in events if e.notify]
-        persisted.outcome.new_events = len(new)
-        persisted.outcome.duplicates = len(events) - len(new)
+        return rows, new
 
     async def _ranks(
         self, boards: dict[str, Board], events: list[ScoreEvent]
@@ -164,12 +184,12 @@ async def _record_events(conn: asyncpg.Connection, events: list[ScoreEvent]) -> 
     events = sorted(events, key=lambda e: e.event_id)  # one lock order for all consumers
     rows = await conn.fetch(
         queries.RECORD_NEW_EVENTS,
-        [e.event_id for e in events],
-        [e.board_id for e in events],
-        [e.player_id for e in events],
-        [e.score for e in events],
-        [periods.from_ms(e.accepted_ms) for e in events],
-        [e.request_id for e in events],
+        _json(
+            [
+                (e.event_id, e.board_id, e.player_id, e.score, e.accepted_ms, e.request_id)
+                for e in events
+            ]
+        ),
     )
     return {r["event_id"]: r["banned"] for r in rows}
 
@@ -182,25 +202,22 @@ async def _record(
 ) -> list[rankcache.ScoreRow]:
     """Upsert the scores of new events (`counted`: those of players not banned) and their
     players; return the changed rows."""
-    groups: dict[tuple[str, str], list[tuple[Key, int, datetime]]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[tuple[str, str, str, str, int, int]]] = defaultdict(list)
     # Sorted, so concurrent consumers lock rows in one order and never deadlock.
     for key, pending in sorted(fold(boards, counted).items()):
         board = boards[key[0]]
-        groups[(board.operator, board.order)].append((key, pending.score, pending.reached_at))
+        groups[(board.operator, board.order)].append((*key, pending.score, pending.reached_ms))
     changed: list[rankcache.ScoreRow] = []
     for group, items in groups.items():
-        rows = await conn.fetch(
-            queries.UPSERT_SCORES[group],
-            [k[0] for k, _, _ in items],
-            [k[1] for k, _, _ in items],
-            [k[2] for k, _, _ in items],
-            [k[3] for k, _, _ in items],
-            [score for _, score, _ in items],
-            [at for _, _, at in items],
-        )
+        rows = await conn.fetch(queries.UPSERT_SCORES[group], _json(items))
         changed.extend(rankcache.rows_from_records(rows))
     await _upsert_players(conn, events)
     return changed
+
+
+def _json(rows: Sequence[tuple[str | int | None, ...]]) -> str:
+    """Rows as the JSON array of arrays the ingest statements unpack (see service.queries)."""
+    return _encode_json(rows).decode()
 
 
 async def _read_back(

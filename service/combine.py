@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 from service import periods
 from service.models import MAX_SAFE, Board, ScoreEvent, Window
@@ -11,12 +10,12 @@ from service.models import MAX_SAFE, Board, ScoreEvent, Window
 Key = tuple[str, Window, str, str]  # board_id, window, period, player_id
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
-    """The batch's combined value for one key, and when it was reached."""
+    """The batch's combined value for one key, and when (unix ms) it was reached."""
 
     score: int
-    reached_at: datetime
+    reached_ms: int
 
 
 def keys_of(board: Board, event: ScoreEvent) -> list[Key]:
@@ -28,15 +27,16 @@ def keys_of(board: Board, event: ScoreEvent) -> list[Key]:
     ]
 
 
-def combine(board: Board, current: Pending | None, event: ScoreEvent, at: datetime) -> Pending:
-    """Apply one event, accepted at `at`, on top of the batch's value so far."""
+def combine(board: Board, current: Pending | None, event: ScoreEvent) -> Pending:
+    """Apply one event on top of the batch's value so far."""
+    at = event.accepted_ms
     if current is None:
         return Pending(event.score, at)
     if board.operator == "increment":
         total = max(-MAX_SAFE, min(MAX_SAFE, current.score + event.score))
         return Pending(total, at)
     if board.operator == "latest":  # last accepted wins, as in the upsert's guard
-        return Pending(event.score, at) if at >= current.reached_at else current
+        return Pending(event.score, at) if at >= current.reached_ms else current
     better = event.score > current.score if board.order == "desc" else event.score < current.score
     return Pending(event.score, at) if better else current
 
@@ -46,7 +46,6 @@ def fold(boards: dict[str, Board], events: list[ScoreEvent]) -> dict[Key, Pendin
     out: dict[Key, Pending] = {}
     for event in events:
         board = boards[event.board_id]
-        at = periods.from_ms(event.accepted_ms)
         for key in keys_of(board, event):
-            out[key] = combine(board, out.get(key), event, at)
+            out[key] = combine(board, out.get(key), event)
     return out

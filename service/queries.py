@@ -33,15 +33,22 @@ GROUP BY window_name, period
 
 # --- ingest (one transaction per batch) -----------------------------------------------------
 
+# A batch's rows travel as one JSON array of arrays, unpacked by the server: asyncpg spends
+# ~2 µs of client CPU per element encoding a Postgres array (an isinstance check against
+# collections.abc per element), ~10 ms per batch of 500, against ~0.5 ms for msgspec's JSON.
+# Times travel as unix ms and become timestamptz exactly (integer interval arithmetic).
+_MS_TO_TIMESTAMPTZ = "timestamptz 'epoch' + ({}) * interval '1 millisecond'"
+
 # A batch's events in one statement: claim the event ids (a retried or redelivered
 # event_id conflicts and is left out), record the new events, and answer each new event
 # with whether its player is banned. One round trip instead of three.
-# $1 event_id, $2 board_id, $3 player_id, $4 score, $5 accepted_at, $6 request_id
-RECORD_NEW_EVENTS = """
+# $1 JSON [[event_id, board_id, player_id, score, accepted_ms, request_id], ...]
+RECORD_NEW_EVENTS = f"""
 WITH e AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[],
-                         $5::timestamptz[], $6::text[])
-        AS e(event_id, board_id, player_id, score, accepted_at, request_id)
+    SELECT r->>0 AS event_id, r->>1 AS board_id, r->>2 AS player_id,
+           (r->>3)::bigint AS score, {_MS_TO_TIMESTAMPTZ.format("(r->>4)::bigint")} AS accepted_at,
+           r->>5 AS request_id
+    FROM json_array_elements($1::json) AS r
 ), claimed AS (
     INSERT INTO event_ids (event_id, board_id, accepted_at)
     SELECT event_id, board_id, accepted_at FROM e
@@ -60,18 +67,20 @@ LEFT JOIN players pl ON pl.player_id = r.player_id
 # One statement per operator: the combination rule is the only difference. Each takes the
 # batch's already-combined value per row, bumps version only when the score changes, and
 # returns the absolute result for the ranking cache. |score| is clamped to 2^53-1.
+# $1 JSON [[board_id, window_name, period, player_id, score, reached_ms], ...], rows in
+# key order (the order rows are locked in).
 _UPSERT = """
 INSERT INTO player_scores AS p (board_id, window_name, period, player_id, score, reached_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
-                     $6::timestamptz[])
+SELECT r->>0, r->>1, r->>2, r->>3, (r->>4)::bigint, {reached_at}
+FROM json_array_elements($1::json) AS r
 ON CONFLICT (board_id, window_name, period, player_id) DO UPDATE
-SET score = {new},
+SET score = {{new}},
     version = p.version + 1,
     reached_at = EXCLUDED.reached_at,
     updated_at = now()
-WHERE {new} <> p.score{guard}
+WHERE {{new}} <> p.score{{guard}}
 RETURNING board_id, window_name, period, player_id, score, version, reached_at
-"""
+""".format(reached_at=_MS_TO_TIMESTAMPTZ.format("(r->>5)::bigint"))
 _CLAMP = "LEAST(GREATEST({}, -9007199254740991), 9007199254740991)"
 # `latest` means last accepted, not last committed: with several consumers a batch may
 # commit after a newer one, and must not overwrite it.

@@ -102,9 +102,8 @@ async def recompute_board(pg: asyncpg.Pool, board: Board) -> Recomputed:
                     score=r["score"],
                     accepted_ms=int(at.timestamp() * 1000),
                 )
-                at = periods.from_ms(event.accepted_ms)
                 for key in keys_of(board, event):
-                    folded[key] = combine(board, folded.get(key), event, at)
+                    folded[key] = combine(board, folded.get(key), event)
                 events += 1
         version = before["v"] + 1
         now = datetime.now(UTC)
@@ -112,7 +111,7 @@ async def recompute_board(pg: asyncpg.Pool, board: Board) -> Recomputed:
         await conn.copy_records_to_table(
             "player_scores",
             records=(
-                (b, w, p, player, pending.score, version, pending.reached_at, now)
+                (b, w, p, player, pending.score, version, periods.from_ms(pending.reached_ms), now)
                 for (b, w, p, player), pending in folded.items()
             ),
             columns=[

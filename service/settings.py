@@ -60,6 +60,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     consumer_workers: Positive = 1
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
     batch_block_ms: Positive = 100
+    # Transactions a consumer runs side by side per batch, events split by player.
+    ingest_lanes: Annotated[int, msgspec.Meta(ge=1, le=16)] = 2
     claim_idle_ms: Positive = 15_000
     claim_interval_ms: Positive = 1_000
     max_deliveries: Positive = 5
