@@ -73,8 +73,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     # Around everything Litestar does (routing, CORS, problem details), so every answer,
     # 404s of unknown paths included, gets request id, security headers, log and metrics.
-    handler = HotReads(app, app.asgi_handler) if settings.hot_reads else app.asgi_handler
-    app.asgi_handler = Hygiene(handler, settings)
+    hot = HotReads(app) if settings.hot_reads else None
+    app.asgi_handler = Hygiene(app.asgi_handler, settings, hot)
     return app
 
 

@@ -3,9 +3,9 @@
 A top page, a player's rank and around-me are most of the traffic. Litestar's routing,
 parameter parsing, dependency injection and response objects cost more per request than
 the read itself (a constant JSON answer: ~9,000 req/s through Litestar on one granian
-worker here, ~19,800 req/s from a bare ASGI callable). This layer sits inside `Hygiene`
-(request ids, security headers, metrics and the access log stay the same) and in front of
-Litestar, and answers a request itself only when it can give exactly the route's answer:
+worker here, ~19,800 req/s from a bare ASGI callable). `Hygiene` asks this
+layer first (request ids, security headers, metrics and the access log stay the same), and
+it answers a request itself only when it can give exactly the route's answer:
 well-formed parameters, a known board, an authorized caller within its limits, and a page
 from the page cache or from Redis. Everything else (a bad parameter, an unknown board,
 401/403/429, an unranked player, a missing set, Redis down, CORS, HEAD) is passed to
@@ -18,29 +18,24 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from litestar import Litestar
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import Scope
 
 from service import answers, boards, metrics, ranking
 from service.auth import authorize
 from service.models import BOARD_ID_PATTERN, PLAYER_ID_PATTERN
 from service.pagecache import Page
 from service.problems import Problem
-from service.ratelimit import RouteClass
+from service.ratelimit import Decision, RouteClass
 from service.routes.limiting import check
 from service.state import Services
 
 _BOARD = f"(?P<board>{BOARD_ID_PATTERN[1:-1]})"  # the id rules, without their anchors
 _PLAYER = f"(?P<player>{PLAYER_ID_PATTERN[1:-1]})"
-_ROUTES = [
-    (re.compile(rf"^/v1/leaderboards/{_BOARD}/top$"), "top"),
-    (re.compile(rf"^/v1/leaderboards/{_BOARD}/players/{_PLAYER}$"), "player"),
-    (re.compile(rf"^/v1/leaderboards/{_BOARD}/players/{_PLAYER}/around$"), "around"),
-]
+_ROUTE = re.compile(rf"^/v1/leaderboards/{_BOARD}/(?:top|players/{_PLAYER}(?P<around>/around)?)$")
 TEMPLATES = {  # as Litestar names them, so metrics and logs do not tell the paths apart
     "top": "/v1/leaderboards/{board_id}/top",
     "player": "/v1/leaderboards/{board_id}/players/{player_id}",
@@ -49,10 +44,21 @@ TEMPLATES = {  # as Litestar names them, so metrics and logs do not tell the pat
 _ANSWERED = metrics.HOT_READS.labels("answered")
 _PASSED = metrics.HOT_READS.labels("passed")
 _NUMBER = re.compile(r"^(0|[1-9][0-9]{0,8})$")  # what Litestar takes for an int, or less
+_JSON = (b"content-type", b"application/json")
 
 
 class _Pass(Exception):
     """Not for the hot path: Litestar answers this request."""
+
+
+class HotAnswer(NamedTuple):
+    """A read answered here: `headers` are the read's own (Hygiene adds its headers)."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    template: str
+    decision: Decision | None
 
 
 def _parameters(query: str) -> dict[str, str]:
@@ -82,42 +88,55 @@ def _number(params: dict[str, str], name: str, default: int, low: int, high: int
 
 
 class HotReads:
-    """The ASGI layer; `app` is the Litestar application it stands in front of."""
+    """Answers the polled GETs of `app` (the Litestar application) when it can."""
 
-    def __init__(self, app: Litestar, inner: ASGIApp) -> None:
+    def __init__(self, app: Litestar) -> None:
         self.app = app
-        self.inner = inner
         self.cors = bool(app.cors_config)
+        self._services: Services | None = None
+        self._wanted: frozenset[bytes] = frozenset()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == ScopeType.HTTP and scope["method"] == "GET":
+    def _ready(self) -> Services | None:
+        if self._services is None:
             services: Services | None = getattr(self.app.state, "services", None)
             if services is not None:
-                try:
-                    page, status, headers = await self._answer(services, scope)
-                # ValueError: answers.BadParameter, and a query that is not UTF-8.
-                except (_Pass, Problem, boards.UnknownBoard, ValueError):
-                    _PASSED.inc()
-                else:
-                    _ANSWERED.inc()
-                    await _send(send, page, status, headers)
-                    return
-        await self.inner(scope, receive, send)
+                # Only these request headers matter here; the rest are never decoded.
+                names = {"authorization", "if-none-match", "origin", "x-forwarded-for"}
+                names.add(services.limits.ip_header.lower())
+                self._wanted = frozenset(n.encode() for n in names)
+            self._services = services
+        return self._services
 
-    async def _answer(
-        self, services: Services, scope: Scope
-    ) -> tuple[Page, int, list[tuple[bytes, bytes]]]:
-        path: str = scope.get("root_path", "") + scope["path"]
-        for pattern, kind in _ROUTES:  # noqa: B007 - `kind` is used after the loop
-            found = pattern.match(path)
-            if found is not None:
-                break
-        else:
+    async def answer(self, scope: Scope) -> HotAnswer | None:
+        """The answer to a GET, or None when Litestar must answer it."""
+        services = self._ready()
+        if services is None:
+            return None
+        try:
+            answer = await self._answer(services, scope)
+        # ValueError: answers.BadParameter, and a query that is not UTF-8.
+        except (_Pass, Problem, boards.UnknownBoard, ValueError):
+            _PASSED.inc()
+            return None
+        _ANSWERED.inc()
+        return answer
+
+    async def _answer(self, services: Services, scope: Scope) -> HotAnswer:
+        path: str = scope["path"]
+        root = scope.get("root_path")
+        if root:
+            path = root + path
+        found = _ROUTE.match(path)
+        if found is None:
             raise _Pass
+        kind = "top" if found["player"] is None else "around" if found["around"] else "player"
         query = scope.get("query_string", b"").decode()
         params = _parameters(query)
+        wanted = self._wanted
         headers = {
-            bytes(k).decode("latin-1"): bytes(v).decode("latin-1") for k, v in scope["headers"]
+            bytes(k).decode("latin-1"): bytes(v).decode("latin-1")
+            for k, v in scope["headers"]
+            if k in wanted
         }
         if self.cors and "origin" in headers:
             raise _Pass
@@ -133,14 +152,23 @@ class HotReads:
         what: RouteClass = "board_queries" if kind == "top" else "rank_lookups"
         client = scope.get("client")
         decision = await check(services, what, None, client[0] if client else None, headers)
-        if decision is not None:
-            scope.setdefault("state", {})["ratelimit"] = decision  # for Hygiene's headers
-        scope["path_template"] = TEMPLATES[kind]
-        status = 200
-        if page.etag is not None and answers.matches(headers.get("if-none-match"), page.etag):
-            status = 304
-        out = [(k.lower().encode(), v.encode()) for k, v in answers.headers(services, page).items()]
-        return page, status, out
+        etag = page.etag
+        if etag is not None and answers.matches(headers.get("if-none-match"), etag):
+            out = self._headers(services, page)
+            out.append((b"content-length", b"0"))
+            return HotAnswer(304, out, b"", TEMPLATES[kind], decision)
+        out = self._headers(services, page)
+        out.append(_JSON)
+        out.append((b"content-length", b"%d" % len(page.body)))
+        return HotAnswer(200, out, page.body, TEMPLATES[kind], decision)
+
+    @staticmethod
+    def _headers(services: Services, page: Page) -> list[tuple[bytes, bytes]]:
+        """The read's headers (answers.headers), encoded once per page."""
+        if not page.wire_headers:
+            described = answers.headers(services, page).items()
+            page.wire_headers.extend((k.lower().encode(), v.encode()) for k, v in described)
+        return list(page.wire_headers)
 
     @staticmethod
     def _reader(
@@ -170,12 +198,3 @@ class HotReads:
             )
         radius = _number(params, "radius", 5, 0, 50)
         return lambda meta: ranking.around(link, board, win, per, player, radius, meta=meta)
-
-
-async def _send(send: Send, page: Page, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-    body = page.body if status == 200 else b""
-    if status == 200:
-        headers.append((b"content-type", b"application/json"))
-    headers.append((b"content-length", b"%d" % len(body)))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})

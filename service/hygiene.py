@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_from_bytes
 
 from litestar.enums import ScopeType
@@ -21,6 +21,9 @@ from service import metrics
 from service.logs import fields
 from service.ratelimit import Decision, parse_networks, peer_is_trusted
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.hotreads import HotAnswer, HotReads
 
 log = logging.getLogger("rankstream.access")
 
@@ -80,10 +83,11 @@ def is_admin_path(path: str) -> bool:
 
 
 class Hygiene:
-    """The middleware; one per app."""
+    """The middleware; one per app. `hot` (service.hotreads) may answer a GET first."""
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, hot: HotReads | None = None) -> None:
         self.app = app
+        self.hot = hot
         self.hsts = f"max-age={settings.hsts_max_age}; includeSubDomains".encode()
         self.proxies = parse_networks(settings.trusted_proxies)
         # Label lookups cost as much as the updates: keep each (method, route, status)'s
@@ -107,13 +111,6 @@ class Hygiene:
         started = time.perf_counter()
         given = _header(scope, REQUEST_ID_HEADER)
         request_id = normalize_request_id(given)
-        if given is None:
-            scope["headers"] = [*scope["headers"], (REQUEST_ID_HEADER, request_id.encode())]
-        elif given != request_id:
-            scope["headers"] = [
-                *((k, v) for k, v in scope["headers"] if k != REQUEST_ID_HEADER),
-                (REQUEST_ID_HEADER, request_id.encode()),
-            ]
         query = scope.get("query_string", b"")
         if query and not query.isascii():
             # HTTP clients percent-encode, but a raw non-ASCII byte made Litestar fail with
@@ -121,6 +118,19 @@ class Hygiene:
             scope["query_string"] = quote_from_bytes(query, safe=_QUERY_SAFE).encode()
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
+        if self.hot is not None and scope["method"] == "GET":
+            answer = await self.hot.answer(scope)
+            if answer is not None:
+                await self._send_hot(scope, send, answer, request_id)
+                self._record("GET", answer.template, answer.status, started, request_id)
+                return
+        if given is None:
+            scope["headers"] = [*scope["headers"], (REQUEST_ID_HEADER, request_id.encode())]
+        elif given != request_id:
+            scope["headers"] = [
+                *((k, v) for k, v in scope["headers"] if k != REQUEST_ID_HEADER),
+                (REQUEST_ID_HEADER, request_id.encode()),
+            ]
         https = self._https(scope)
         admin = is_admin_path(scope["path"])
         status = 500
@@ -142,19 +152,33 @@ class Hygiene:
                     headers.append((b"cache-control", b"no-store"))
                 decision = state.get("ratelimit")
                 if isinstance(decision, Decision) and b"ratelimit-limit" not in present:
-                    limits = decision.headers.items()
-                    headers += [(k.lower().encode(), v.encode()) for k, v in limits]
+                    headers += _limit_headers(decision)
                 message["headers"] = headers
             await send(message)
 
         try:
             await self.app(scope, receive, wrapped)
         finally:
-            self._record(scope, status, time.perf_counter() - started, request_id)
+            route = scope.get("path_template") or "unmatched"  # never raw paths
+            self._record(str(scope.get("method", "GET")), route, status, started, request_id)
 
-    def _record(self, scope: Scope, status: int, elapsed: float, request_id: str) -> None:
-        route = scope.get("path_template") or "unmatched"  # never raw paths: bounded labels
-        method = str(scope.get("method", "GET"))
+    async def _send_hot(self, scope: Scope, send: Send, answer: HotAnswer, request_id: str) -> None:
+        """A hot-path answer, with the headers `wrapped` gives every other answer (its
+        own carry Cache-Control and never the static ones)."""
+        headers = answer.headers
+        headers.append((REQUEST_ID_HEADER, request_id.encode()))
+        headers += _STATIC_HEADERS
+        if self._https(scope):
+            headers.append((b"strict-transport-security", self.hsts))
+        if answer.decision is not None:
+            headers += _limit_headers(answer.decision)
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+
+    def _record(
+        self, method: str, route: str, status: int, started: float, request_id: str
+    ) -> None:
+        elapsed = time.perf_counter() - started
         series = self._series.get((method, route, status))
         if series is None:
             labels = (method, route, str(status))
@@ -180,3 +204,7 @@ class Hygiene:
                     request_id=request_id,
                 ),
             )
+
+
+def _limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), v.encode()) for k, v in decision.headers.items()]

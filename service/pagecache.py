@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
@@ -33,6 +33,9 @@ class Page:
     body: bytes
     etag: str | None
     source: str
+    # The read headers as the hot path sends them, encoded by the first request that needs
+    # them (service.hotreads): a cached page is sent many times.
+    wire_headers: list[tuple[bytes, bytes]] = field(default_factory=list, compare=False)
 
 
 @dataclass

@@ -98,10 +98,16 @@ local function page(start, stop)
   local items = redis.call('ZRANGE', set, start, stop, 'WITHSCORES')
   out[3] = start
   out[4] = rank_at(start, items[2])
+  -- every name in one call: each redis.call costs more than the lookup itself
+  local players = {}
+  for i = 1, #items, 2 do
+    players[#players + 1] = player_of(items[i])
+  end
+  local found = redis.call('HMGET', names, unpack(players))
   for i = 1, #items, 2 do
     out[#out + 1] = items[i]
     out[#out + 1] = items[i + 1]
-    out[#out + 1] = redis.call('HGET', names, player_of(items[i]))
+    out[#out + 1] = found[(i + 1) / 2]
   end
   return out
 end
