@@ -238,15 +238,19 @@ def ranked_entries(
     entries: list[RankedEntry] = []
     rank = first_rank
     previous: int | None = None
-    for i, (stored, member, name) in enumerate(rows):
-        if i > 0 and (board.ties == "earliest" or stored != previous):
-            rank = first_pos + i + 1
+    ties, order = board.ties, board.order
+    earliest = ties == "earliest"
+    position = first_pos
+    for stored, member, name in rows:
+        if previous is not None and (earliest or stored != previous):
+            rank = position + 1
         previous = stored
+        position += 1
         entries.append(
             RankedEntry(
                 rank=rank,
-                player_id=keys.player_of(board.ties, member),
-                score=keys.real_score(board.order, stored),
+                player_id=keys.player_of(ties, member),
+                score=keys.real_score(order, stored),
                 display_name=name,
             )
         )
@@ -254,11 +258,15 @@ def ranked_entries(
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode() if type(value) is bytes else str(value)
 
 
 def _stored(value: Any) -> int:
-    return int(float(_text(value)))
+    """A stored score as Redis replies it: an integer, or a double's text past 2^53."""
+    try:
+        return int(value)
+    except ValueError:
+        return int(float(_text(value)))
 
 
 def _name(value: Any) -> str | None:
@@ -293,7 +301,8 @@ def _head(reply: list[Any], meta: ReadMeta | None) -> int:
 def _page_rows(reply: list[Any]) -> list[tuple[int, str, str | None]]:
     rest = reply[4:]
     return [
-        (_stored(rest[i + 1]), _text(rest[i]), _name(rest[i + 2])) for i in range(0, len(rest), 3)
+        (_stored(score), _text(member), None if name is None else _text(name))
+        for member, score, name in zip(rest[0::3], rest[1::3], rest[2::3], strict=True)
     ]
 
 
