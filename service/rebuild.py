@@ -41,8 +41,7 @@ from service.models import Board, Window
 Progress = Callable[[int, int], Awaitable[None]]
 """Called with (rows done, rows in total) after every chunk."""
 
-CHUNK_ROWS = 50_000
-COMMAND_MEMBERS = 50_000  # members per ZADD / fields per HSET: large commands cost Redis less
+CHUNK_ROWS = 50_000  # rows per chunk, and so members per ZADD / fields per HSET
 REAPPLY_ROWS = 10_000  # rows per apply-script call: each one blocks Redis while it runs
 TEMP_TTL_MS = 3_600_000  # a crashed rebuild's temporary keys go away on their own
 
@@ -133,52 +132,29 @@ def cache_rows(
 
 
 def _bulk_command(name: str, key: str, pairs: list[str]) -> bytes:
-    """A command of pre-encoded argument pairs; lengths in them are UTF-8 byte lengths."""
+    """A command of pre-formatted argument pairs (RESP bulk strings, two per pair)."""
     head = f"*{2 * len(pairs) + 2}\r\n${len(name)}\r\n{name}\r\n${len(key)}\r\n{key}\r\n"
     return (head + "".join(pairs)).encode()
 
 
-def _encode_chunk(
+def _chunk_commands(
     board: Board, temp_set: str, temp_versions: str, records: list[asyncpg.Record]
 ) -> tuple[list[bytes], int]:
-    """The commands adding a chunk of rows to the temporary keys, and how many got a member.
+    """The commands adding a chunk of queries.SET_RESP_IN_INSERT_ORDER rows to the temporary
+    keys and the board's names, and how many rows got a member.
 
-    Each row's arguments are formatted as one string and a command encoded once: redis-py's
-    per-argument encoding costs about as much as Redis itself inserting the members. Ids,
-    members and numbers are ASCII (len() is their byte length); names may not be."""
-    zadd: list[str] = []
-    hset: list[str] = []
-    names: list[str] = []
-    desc = board.order == "desc"
-    earliest = board.ties == "earliest"
-    # columns of queries.SET_ROWS_IN_INSERT_ORDER, unpacked: faster than lookups by name
-    for player, score, version, reached_at, name, banned in records:
-        if banned:
-            tomb = f"{version}|"
-            hset.append(f"${len(player)}\r\n{player}\r\n${len(tomb)}\r\n{tomb}\r\n")
-            continue
-        stored = str(-score if desc else score)
-        if earliest:
-            member = keys.member(board.ties, player, int(reached_at.timestamp() * 1000))
-            value = f"{version}|{member}"
-        else:
-            member = player
-            value = str(version)
-        zadd.append(f"${len(stored)}\r\n{stored}\r\n${len(member)}\r\n{member}\r\n")
-        hset.append(f"${len(player)}\r\n{player}\r\n${len(value)}\r\n{value}\r\n")
-        if name is not None:
-            size = len(name) if name.isascii() else len(name.encode())
-            names.append(f"${len(player)}\r\n{player}\r\n${size}\r\n{name}\r\n")
-    step = COMMAND_MEMBERS
-    names_key = keys.names_key(board.id)
+    Postgres already formatted every argument pair: this only gathers them per command."""
+    zadd = [r[0] for r in records if r[0] is not None]
+    versions = [r[1] for r in records]
+    names = [r[2] for r in records if r[2] is not None]
     commands = [
-        _bulk_command(name, key, pairs[i : i + step])
+        _bulk_command(name, key, pairs)
         for name, key, pairs in (
             ("ZADD", temp_set, zadd),
-            ("HSET", temp_versions, hset),
-            ("HSET", names_key, names),
+            ("HSET", temp_versions, versions),
+            ("HSET", keys.names_key(board.id), names),
         )
-        for i in range(0, len(pairs), step)
+        if pairs
     ]
     ttl = str(TEMP_TTL_MS).encode()
     commands += [resp.command(b"PEXPIRE", k.encode(), ttl) for k in (temp_set, temp_versions)]
@@ -210,18 +186,18 @@ async def rebuild_set(
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             since: datetime = await conn.fetchval(queries.REBUILD_SNAPSHOT_TIME)
+            await conn.execute(queries.REBUILD_WORK_MEM)
             count = await conn.fetchval(queries.COUNT_SET_ROWS, board.id, window, period)
             total = total_hint if total_hint is not None else done_before + count
-            query = queries.SET_ROWS_IN_INSERT_ORDER[(board.order, board.ties)]
+            query = queries.SET_RESP_IN_INSERT_ORDER[(board.order, board.ties)]
             cursor = await conn.cursor(query, board.id, window, period)
-            # Postgres produces chunk k+2 while this process encodes chunk k+1 and Redis
-            # takes chunk k.
+            # Postgres produces chunk k+1 while Redis takes chunk k.
             upcoming = asyncio.ensure_future(cursor.fetch(chunk_rows))
             sending: asyncio.Future[list[Any]] | None = None
             try:
                 while records := await upcoming:
                     upcoming = asyncio.ensure_future(cursor.fetch(chunk_rows))
-                    commands, added = _encode_chunk(board, temp_set, temp_versions, records)
+                    commands, added = _chunk_commands(board, temp_set, temp_versions, records)
                     if sending is not None:
                         await sending
                     sending = asyncio.ensure_future(resp.send(redis, commands))

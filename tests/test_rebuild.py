@@ -280,3 +280,73 @@ async def test_removals_and_board_deletion_during_a_rebuild_stick(
         redis, pool, board, retention=2, progress=delete_board, chunk_rows=500
     )
     assert [k async for k in redis.scan_iter(match=keys.board_pattern("r3"))] == []
+
+
+@pytest.mark.parametrize(("order", "ties"), [("desc", "earliest"), ("asc", "shared")])
+async def test_rebuild_writes_what_the_consumer_path_writes(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    redis: Redis,
+    pg: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    order: str,
+    ties: str,
+) -> None:
+    """Postgres formats the rebuild's Redis arguments: members (earliest ties: reached_ms
+    from the float timestamp, as the consumer computes it, at millisecond edges), stored
+    scores, versions, tombstones and names (UTF-8 byte lengths) must be exactly what the
+    consumer path writes, so re-applying the same rows through the apply script changes
+    nothing."""
+    board_id = f"rf-{order}-{ties}"
+    await make_board(client, board_id, order=order, ties=ties, windows=["all"])
+    base = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()
+    micros = [0, 1, 999, 1_000, 1_001, 123_456, 999_000, 999_999, 500_000, 1_000]
+    names = ["Zoë", "名前", "plain", None, "emoji 🎮", "tab\tand\\back", "$5\r\nx", "", "A", "B"]
+    rows = []
+    for i, (us, name) in enumerate(zip(micros, names, strict=True)):
+        player = f"u{i}"
+        reached = datetime.fromtimestamp(base + i, UTC).replace(microsecond=us)
+        score = [-(2**53 - 1), 2**53 - 1, 0, 7, 7, 7, -3, 100, 55, 1][i]
+        rows.append((player, score, 1 + i % 4, reached, name))
+    await pg.executemany(
+        "INSERT INTO player_scores (board_id, window_name, period, player_id, score, version,"
+        " reached_at) VALUES ($1, 'all', 'all', $2, $3, $4, $5)",
+        [(board_id, p, s, v, r) for p, s, v, r, _ in rows],
+    )
+    await pg.executemany(
+        "INSERT INTO players (player_id, display_name, banned) VALUES ($1, $2, $3)",
+        [(p, n, p == "u9") for p, _, _, _, n in rows],
+    )
+    board = await board_of(pool, board_id)
+    await rebuild.rebuild_board(redis, pool, board, retention=2, chunk_rows=3)
+
+    set_key = keys.set_key(board_id, "all", "all")
+    versions = keys.versions_key(board_id, "all", "all")
+    stored_names = await redis.hgetall(keys.names_key(board_id))
+    for player, score, version, reached, name in rows:
+        member = keys.member(board.ties, player, int(reached.timestamp() * 1000))
+        if player == "u9":  # banned: a tombstone, no member, no name from the rebuild
+            assert await redis.hget(versions, player) == f"{version}|".encode()
+            assert await redis.zscore(set_key, member) is None
+            assert player.encode() not in stored_names
+            continue
+        assert await redis.zscore(set_key, member) == (-score if order == "desc" else score)
+        expected = f"{version}|{member}" if ties == "earliest" else str(version)
+        assert await redis.hget(versions, player) == expected.encode()
+        if name is None:
+            assert player.encode() not in stored_names
+        else:
+            assert stored_names[player.encode()] == name.encode()
+    assert await redis.zcard(set_key) == len(rows) - 1
+
+    # the consumer path writing the same rows with a newer version leaves the set as it was
+    before = await redis.zrange(set_key, 0, -1, withscores=True)
+    records = await pg.fetch(
+        "UPDATE player_scores SET version = version + 1 WHERE board_id = $1"
+        " RETURNING player_id, score, version, reached_at,"
+        " (SELECT banned FROM players pl WHERE pl.player_id = player_scores.player_id) AS banned",
+        board_id,
+    )
+    again = rebuild.cache_rows(board, "all", "all", records)
+    script = rankcache.apply_script(redis)
+    assert await rankcache.apply_rows(redis, script, {board_id: board}, again, 2) == len(rows)
+    assert await redis.zrange(set_key, 0, -1, withscores=True) == before
