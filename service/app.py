@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +14,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
-from service import logs, problems, stream
+from service import logs, metrics, problems, stream
 from service.connections import pg_pool, redis_client
 from service.hotreads import HotReads
 from service.hygiene import Hygiene
@@ -42,9 +44,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
+        flusher = asyncio.create_task(metrics.flush_periodically())
         try:
             yield
         finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
             await services.close()
 
     def provide_services(state: State) -> Services:

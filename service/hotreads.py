@@ -41,8 +41,8 @@ TEMPLATES = {  # as Litestar names them, so metrics and logs do not tell the pat
     "player": "/v1/leaderboards/{board_id}/players/{player_id}",
     "around": "/v1/leaderboards/{board_id}/players/{player_id}/around",
 }
-_ANSWERED = metrics.HOT_READS.labels("answered")
-_PASSED = metrics.HOT_READS.labels("passed")
+_ANSWERED = metrics.buffered_counter(metrics.HOT_READS, "answered")
+_PASSED = metrics.buffered_counter(metrics.HOT_READS, "passed")
 _NUMBER = re.compile(r"^(0|[1-9][0-9]{0,8})$")  # what Litestar takes for an int, or less
 _JSON = (b"content-type", b"application/json")
 

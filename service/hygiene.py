@@ -92,7 +92,9 @@ class Hygiene:
         self.proxies = parse_networks(settings.trusted_proxies)
         # Label lookups cost as much as the updates: keep each (method, route, status)'s
         # children. Bounded: route templates, methods and statuses are few.
-        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._series: dict[
+            tuple[str, str, int], tuple[metrics.BufferedCounter, metrics.BufferedHistogram]
+        ] = {}
 
     def _https(self, scope: Scope) -> bool:
         if scope.get("scheme") == "https":
@@ -183,8 +185,8 @@ class Hygiene:
         if series is None:
             labels = (method, route, str(status))
             series = (
-                metrics.HTTP_REQUESTS.labels(*labels),
-                metrics.HTTP_LATENCY.labels(*labels),
+                metrics.buffered_counter(metrics.HTTP_REQUESTS, *labels),
+                metrics.buffered_histogram(metrics.HTTP_LATENCY, *labels),
             )
             self._series[(method, route, status)] = series
         series[0].inc()

@@ -12,10 +12,13 @@ Stream length, consumer lag and pending count are read from Redis at scrape time
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -119,6 +122,97 @@ POOL_MAX = Gauge(
 )
 
 
+# --- per-request series, buffered ------------------------------------------------------------
+# A request updates four values (its counter, its latency's sum and bucket, the hot path's
+# counter). In multiprocess mode each update takes a lock, asks the kernel for the pid and
+# writes an mmap'd file, which the hot path felt. These series count in the process instead
+# and reach prometheus-client once a second (flush_periodically), before every scrape this
+# process answers, and at shutdown: another worker's requests show within a second.
+
+FLUSH_S = 1.0
+
+
+class BufferedCounter:
+    """A counter child whose increments wait in the process for `flush`."""
+
+    __slots__ = ("_child", "_pending")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._pending = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._pending += amount
+
+    def flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, 0.0
+            self._child.inc(pending)
+
+
+class BufferedHistogram:
+    """A histogram child whose observations wait in the process for `flush`. It writes the
+    child's sum and bucket values directly (prometheus-client has no bulk observe);
+    tests/test_metrics.py checks the exposition still adds up."""
+
+    __slots__ = ("_bounds", "_child", "_counts", "_pending", "_sum")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._bounds: list[float] = list(child._upper_bounds)  # the last one is +Inf
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._pending = False
+
+    def observe(self, value: float) -> None:
+        self._sum += value
+        self._counts[bisect_left(self._bounds, value)] += 1  # first bucket with value <= le
+        self._pending = True
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        counts, total = self._counts, self._sum
+        self._counts, self._sum, self._pending = [0] * len(self._bounds), 0.0, False
+        self._child._sum.inc(total)
+        for bucket, count in zip(self._child._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+
+
+_buffered: list[BufferedCounter | BufferedHistogram] = []
+
+
+def buffered_counter(metric: Counter, *labels: str) -> BufferedCounter:
+    """A buffered child of a labelled counter."""
+    child = BufferedCounter(metric.labels(*labels))
+    _buffered.append(child)
+    return child
+
+
+def buffered_histogram(metric: Histogram, *labels: str) -> BufferedHistogram:
+    """A buffered child of a labelled histogram."""
+    child = BufferedHistogram(metric.labels(*labels))
+    _buffered.append(child)
+    return child
+
+
+def flush() -> None:
+    """Hand every buffered update of this process to prometheus-client."""
+    for child in _buffered:
+        child.flush()
+
+
+async def flush_periodically(interval_s: float = FLUSH_S) -> None:
+    """Flush every `interval_s` until cancelled, and once more then."""
+    try:
+        while True:
+            await asyncio.sleep(interval_s)
+            flush()
+    finally:
+        flush()
+
+
 def multiprocess() -> bool:
     """True when prometheus-client writes to a multiprocess folder in this process."""
     return MULTIPROC_ENV in os.environ
@@ -172,6 +266,7 @@ def _gauge(name: str, doc: str, value: int | None) -> GaugeMetricFamily | None:
 
 def render(stats: StreamStats | None = None) -> bytes:
     """The exposition text: every process's series plus the stream gauges."""
+    flush()
     if multiprocess():
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

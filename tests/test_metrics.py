@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import yaml
 from litestar.testing import AsyncTestClient
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
@@ -51,6 +51,17 @@ def value(
     return sum(hits)
 
 
+def _requests_arrived(found: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> bool:
+    try:
+        return (
+            value(found, "rankstream_http_requests_total", route=SCORES, status="202") == 10
+            and value(found, "rankstream_http_requests_total", route=SCORES, status="422") == 1
+            and value(found, "rankstream_http_request_duration_seconds_count", route=TOP) == 3
+        )
+    except AssertionError:  # a series not there yet
+        return False
+
+
 async def test_series_after_traffic_across_workers_and_consumer(
     spawn: Callable[..., Any], tmp_path: Path, settings: Settings, redis: Redis
 ) -> None:
@@ -79,9 +90,16 @@ async def test_series_after_traffic_across_workers_and_consumer(
             assert (await http.get("/v1/leaderboards/m/top")).status_code == 200
         await redis.xadd(settings.stream_key, {b"junk": b"not an event"})
         await drained(redis, settings)
-        text = (await http.get("/metrics")).text
-        assert (await http.get("/metrics")).headers["content-type"].startswith("text/plain")
-    found = samples(text)
+        # Each worker hands its request counts over once a second (service.metrics): wait
+        # until the other worker's have arrived, then check everything.
+        deadline = time.monotonic() + 5
+        while True:
+            answer = await http.get("/metrics")
+            found = samples(answer.text)
+            if _requests_arrived(found) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert answer.headers["content-type"].startswith("text/plain")
     assert value(found, "rankstream_http_requests_total", route=SCORES, status="202") == 10
     assert value(found, "rankstream_http_requests_total", route=SCORES, status="422") == 1
     assert value(found, "rankstream_http_request_duration_seconds_count", route=TOP) == 3
@@ -283,3 +301,31 @@ def test_deploy_uses_only_series_that_exist() -> None:
     assert used, "no series referenced"
     unknown = used - known_series()
     assert not unknown, unknown
+
+
+def test_buffered_series_add_up_like_direct_updates() -> None:
+    registry = CollectorRegistry()
+    buckets = (1.0, 2.0, 5.0)
+    direct = Histogram("direct_seconds", "d", ["route"], buckets=buckets, registry=registry)
+    held = Histogram("held_seconds", "h", ["route"], buckets=buckets, registry=registry)
+    count = Counter("held_requests", "c", ["route"], registry=registry)
+    buffered = metrics.BufferedHistogram(held.labels("r"))
+    counter = metrics.BufferedCounter(count.labels("r"))
+    for value in (0.5, 1.0, 1.5, 2.0, 4.9, 5.0, 7.0):  # values on a bound belong to its bucket
+        direct.labels("r").observe(value)
+        buffered.observe(value)
+        counter.inc()
+    assert registry.get_sample_value("held_requests_total", {"route": "r"}) == 0.0  # held back
+    buffered.flush()
+    counter.flush()
+    buffered.flush()  # nothing new: changes nothing
+    for le in ("1.0", "2.0", "5.0", "+Inf"):
+        labels = {"route": "r", "le": le}
+        assert registry.get_sample_value("held_seconds_bucket", labels) == (
+            registry.get_sample_value("direct_seconds_bucket", labels)
+        ), le
+    assert registry.get_sample_value("held_seconds_sum", {"route": "r"}) == (
+        registry.get_sample_value("direct_seconds_sum", {"route": "r"})
+    )
+    assert registry.get_sample_value("held_seconds_count", {"route": "r"}) == 7
+    assert registry.get_sample_value("held_requests_total", {"route": "r"}) == 7
