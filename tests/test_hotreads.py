@@ -247,3 +247,27 @@ async def test_a_query_that_is_not_utf8_is_a_problem_naming_the_field(
     assert answered() == before
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 422
     assert msgspec.json.decode(sent[1]["body"])["field"] == "window"
+
+
+async def test_a_failing_dependency_is_left_to_litestar(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    plain: AsyncTestClient,  # type: ignore[type-arg]
+    pg: asyncpg.Connection,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    board = await make_board(client)
+    await seed(pg, redis, board, [Seed("a", 1)])
+    path = f"/v1/leaderboards/{board.id}/players/a"
+
+    async def postgres_gone(board_id: str) -> Any:
+        raise asyncpg.exceptions.InterfaceError("pool is closing")
+
+    for app in (client.app, plain.app):
+        monkeypatch.setattr(app.state.services.boards, "get", postgres_gone)
+    before = answered()
+    hot, full = await client.get(path), await plain.get(path)
+    assert answered() == before
+    assert hot.status_code == full.status_code == 503
+    assert hot.headers["content-type"].startswith("application/problem+json")
+    assert hot.headers["retry-after"] == "1"
