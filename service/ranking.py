@@ -56,12 +56,6 @@ if total == 0 then
   return {revision, 0}
 end
 
-local function player_of(member)
-  if not earliest then return member end
-  local sep = string.find(member, '|', 1, true)
-  return string.sub(member, sep + 1)
-end
-
 local function member_of(player)
   if not earliest then return player end
   local v = redis.call('HGET', versions, player)
@@ -71,19 +65,43 @@ local function member_of(player)
   return string.sub(v, sep + 1)
 end
 
+-- The friends board and a player's rank first: they need none of the page functions
+-- below, and defining a function costs each call of the script.
+if op == 'ranks' then
+  local out = {revision, total}
+  for i = 3, #ARGV do
+    local player = ARGV[i]
+    local member = member_of(player)
+    local score = member and redis.call('ZSCORE', set, member)
+    out[#out + 1] = player
+    if score then
+      local rank
+      if earliest then
+        rank = redis.call('ZRANK', set, member) + 1
+      else
+        rank = redis.call('ZCOUNT', set, '-inf', '(' .. score) + 1
+      end
+      out[#out + 1] = rank
+      out[#out + 1] = score
+      out[#out + 1] = redis.call('HGET', names, player)
+    else
+      out[#out + 1] = false
+      out[#out + 1] = false
+      out[#out + 1] = false
+    end
+  end
+  return out
+end
+
+local function player_of(member)
+  if not earliest then return member end
+  local sep = string.find(member, '|', 1, true)
+  return string.sub(member, sep + 1)
+end
+
 local function rank_at(pos, score)
   if earliest then return pos + 1 end
   return redis.call('ZCOUNT', set, '-inf', '(' .. score) + 1
-end
-
--- bytewise a < b (Lua's own < follows the server's collation locale)
-local function less(a, b)
-  local n = math.min(#a, #b)
-  for i = 1, n do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
 end
 
 local function page(start, stop)
@@ -122,6 +140,15 @@ elseif op == 'after' then
   if current and tonumber(current) == tonumber(score) then
     pos = redis.call('ZRANK', set, member) + 1
   else
+    -- bytewise a < b (Lua's own < follows the server's collation locale)
+    local function less(a, b)
+      local n = math.min(#a, #b)
+      for i = 1, n do
+        local x, y = string.byte(a, i), string.byte(b, i)
+        if x ~= y then return x < y end
+      end
+      return #a < #b
+    end
     -- the member moved or left: first position of the tie group that sorts after it
     local lo = redis.call('ZCOUNT', set, '-inf', '(' .. score)
     local hi = redis.call('ZCOUNT', set, '-inf', score)
@@ -141,30 +168,6 @@ elseif op == 'around' then
   end
   local radius = tonumber(ARGV[4])
   return page(pos - radius, pos + radius)
-elseif op == 'ranks' then
-  local out = {revision, total}
-  for i = 3, #ARGV do
-    local player = ARGV[i]
-    local member = member_of(player)
-    local score = member and redis.call('ZSCORE', set, member)
-    out[#out + 1] = player
-    if score then
-      local rank
-      if earliest then
-        rank = redis.call('ZRANK', set, member) + 1
-      else
-        rank = redis.call('ZCOUNT', set, '-inf', '(' .. score) + 1
-      end
-      out[#out + 1] = rank
-      out[#out + 1] = score
-      out[#out + 1] = redis.call('HGET', names, player)
-    else
-      out[#out + 1] = false
-      out[#out + 1] = false
-      out[#out + 1] = false
-    end
-  end
-  return out
 end
 return redis.error_reply('unknown op ' .. tostring(op))
 """
