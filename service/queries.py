@@ -190,10 +190,10 @@ FROM pg_stat_activity
 WHERE datname = current_database() AND xact_start IS NOT NULL
 """
 
-# Memory for the rebuild's sort and its join to players, for the transaction only: at the
-# 4 MB default both spill to disk (1M rows: 69 MB external merge, 16 hash batches) and the
-# first row comes 1.0 s later (2.65 s instead of 1.6 s; whole query 4.5 s instead of 3.2 s).
-# 1M rows need 100 MB to sort in memory; larger sets spill past this bound.
+# Memory for a rebuild's sorts and its join to players, for its transactions only: at the
+# 4 MB default the join spills to disk in 16 batches at 1M rows, and a full sort of the set
+# (where the planner picks one) is an external merge (first row of a 1M-row sort 2.65 s
+# instead of 1.6 s). Larger sets spill past this bound.
 REBUILD_WORK_MEM = "SET LOCAL work_mem = '128MB'"
 
 # The (window, period) sets of a board that have rows, with their sizes.
@@ -220,63 +220,85 @@ WHERE ps.board_id = $1 AND ps.window_name = $2 AND ps.period = $3
 
 SET_ROWS = _SET_ROWS
 
-# A rebuild's rows, already in the Redis protocol, in reverse sorted-set order (stored score,
-# then member, both descending): each ZADD member then goes to the head of the skiplist,
-# which Redis inserts in O(1) instead of O(log N) with cache misses (measured: ZADD of 1M
-# members 1.9 s of Redis CPU in this order, 5.2 s in table order). Postgres formats the
-# argument pairs (RESP bulk strings, lengths in UTF-8 bytes) so the rebuild only joins them
-# instead of decoding six columns per row and formatting them (Python CPU per million rows:
-# 4.1 s before, 1.5 s now; Postgres spends 1.8 s formatting, on another core). Per row:
-# `zadd` (stored score, member) or null for a banned player; `version` (player_id, the
-# versions-hash value: version, `version|member` for earliest ties, the tombstone `version|`
-# for a banned player); `name` (player_id, display_name) or null.
-# Stored score is -score on desc boards; an earliest-ties member is
-# `<reached_ms:015d>|<player_id>` with reached_ms computed as keys.member's caller does
-# (float seconds * 1000, truncated, as int() does), so both paths store the same member.
-# Keyed by (order, ties).
+# A rebuild's rows, already in the Redis protocol, as two streams read in one snapshot on
+# two connections, so that Redis is kept busy with the hashes while Postgres starts the
+# sorted stream. Postgres formats the argument pairs (RESP bulk strings, lengths in UTF-8
+# bytes): the rebuild only joins them into commands instead of decoding six columns per row
+# and formatting them (Python CPU per million rows: 4.1 s before, 1.5-2.5 s now).
 _RESP_PAIR = (
     "'$' || octet_length({a}) || E'\\r\\n' || {a} || E'\\r\\n$'"
     " || octet_length({b}) || E'\\r\\n' || {b} || E'\\r\\n'"
 )
-# The sort runs on the narrow raw rows; the formatting above it is done as rows stream out.
-_SET_RESP = f"""
-SELECT CASE WHEN banned THEN NULL ELSE {_RESP_PAIR.format(a="stored", b="member")} END AS zadd,
-       {_RESP_PAIR.format(a="player_id", b="versioned")} AS version,
-       CASE WHEN banned OR display_name IS NULL THEN NULL
-            ELSE {_RESP_PAIR.format(a="player_id", b="display_name")} END AS name
-FROM (
-    SELECT player_id, stored, member, display_name, banned,
-           CASE WHEN banned THEN version || '|'
-                WHEN member <> player_id THEN version || '|' || member
-                ELSE version::text END AS versioned
-    FROM (
-        SELECT player_id, version, display_name, banned, (score * {{sign}})::text AS stored,
-               {{member}} AS member
-        FROM (
-            SELECT ps.player_id, ps.score, ps.version, ps.reached_at, pl.display_name,
-                   coalesce(pl.banned, false) AS banned
-            FROM player_scores ps
-            LEFT JOIN players pl ON pl.player_id = ps.player_id
-            WHERE ps.board_id = $1 AND ps.window_name = $2 AND ps.period = $3
-            ORDER BY ps.score {{score}}{{reached}}, ps.player_id COLLATE "C" DESC
-        ) sorted
-    ) r
-) f
-"""
+# Stored score is -score on desc boards; an earliest-ties member is
+# `<reached_ms:015d>|<player_id>` with reached_ms computed as keys.member's callers do
+# (float seconds * 1000, truncated, as int() does), so both paths store the same member.
 _EARLIEST_MEMBER = (
     "lpad(trunc(extract(epoch FROM reached_at)::float8 * 1000)::bigint::text, 15, '0')"
     " || '|' || player_id"
 )
-SET_RESP_IN_INSERT_ORDER = {
-    ("desc", "shared"): _SET_RESP.format(sign=-1, member="player_id", score="ASC", reached=""),
-    ("desc", "earliest"): _SET_RESP.format(
-        sign=-1, member=_EARLIEST_MEMBER, score="ASC", reached=", ps.reached_at DESC"
-    ),
-    ("asc", "shared"): _SET_RESP.format(sign=1, member="player_id", score="DESC", reached=""),
-    ("asc", "earliest"): _SET_RESP.format(
-        sign=1, member=_EARLIEST_MEMBER, score="DESC", reached=", ps.reached_at DESC"
-    ),
+_MEMBER = {"shared": "player_id", "earliest": _EARLIEST_MEMBER}
+
+# The ZADD arguments (stored score, member) of the set's players that are not banned, in
+# reverse sorted-set order (stored score, then member, both descending): each member then
+# goes to the head of the skiplist, which Redis inserts in O(1) instead of O(log N) with
+# cache misses (measured: ZADD of 1M members 1.9 s of Redis CPU in this order, 5.2 s in
+# table order). The order comes from the player_scores_ranking index plus an incremental
+# sort of equal scores, so rows stream at once (first row 0.2 s at 1M rows, against 1.6 s
+# for a full sort). Keyed by (order, ties).
+_SET_MEMBERS = f"""
+SELECT {_RESP_PAIR.format(a="stored", b="member")} AS zadd
+FROM (
+    SELECT (score * {{sign}})::text AS stored, {{member}} AS member
+    FROM (
+        SELECT ps.player_id, ps.score, ps.reached_at
+        FROM player_scores ps
+        WHERE ps.board_id = $1 AND ps.window_name = $2 AND ps.period = $3
+          AND NOT EXISTS (
+              SELECT 1 FROM players pl WHERE pl.player_id = ps.player_id AND pl.banned
+          )
+        ORDER BY ps.score {{score}}{{reached}}, ps.player_id COLLATE "C" DESC
+    ) sorted
+) r
+"""
+SET_MEMBERS_IN_INSERT_ORDER = {
+    (order, ties): _SET_MEMBERS.format(
+        sign=-1 if order == "desc" else 1,
+        member=_MEMBER[ties],
+        score="ASC" if order == "desc" else "DESC",
+        reached=", ps.reached_at DESC" if ties == "earliest" else "",
+    )
+    for order in ("desc", "asc")
+    for ties in ("shared", "earliest")
 }
+
+# The HSET arguments of every row of the set, in no particular order: `version` (player_id,
+# the versions-hash value: version, `version|member` for earliest ties, the tombstone
+# `version|` for a banned player) and `name` (player_id, display_name; null for a banned
+# or unnamed player). Keyed by ties.
+_SET_FIELDS = f"""
+SELECT {_RESP_PAIR.format(a="player_id", b="versioned")} AS version,
+       CASE WHEN banned OR display_name IS NULL THEN NULL
+            ELSE {_RESP_PAIR.format(a="player_id", b="display_name")} END AS name
+FROM (
+    SELECT player_id, display_name, banned,
+           CASE WHEN banned THEN version || '|'
+                ELSE version || {{member_suffix}} END AS versioned
+    FROM (
+        SELECT ps.player_id, ps.version, ps.reached_at, pl.display_name,
+               coalesce(pl.banned, false) AS banned
+        FROM player_scores ps
+        LEFT JOIN players pl ON pl.player_id = ps.player_id
+        WHERE ps.board_id = $1 AND ps.window_name = $2 AND ps.period = $3
+    ) j
+) f
+"""
+SET_FIELDS = {
+    "shared": _SET_FIELDS.format(member_suffix="''"),
+    "earliest": _SET_FIELDS.format(member_suffix=f"'|' || {_EARLIEST_MEMBER}"),
+}
+
+# The snapshot of a rebuild's transaction, for its second connection.
+EXPORT_SNAPSHOT = "SELECT pg_export_snapshot()"
 
 # Rows of one set changed at or after $4: re-applied after a rebuild's swap.
 SET_ROWS_CHANGED_SINCE = _SET_ROWS + " AND ps.updated_at >= $4"

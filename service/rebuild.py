@@ -5,10 +5,13 @@ One set (board, window, period) is rebuilt like this:
 1. A REPEATABLE READ transaction fixes a snapshot and a time `since` no later than the
    start of any transaction still running (so every row committed after the snapshot has
    `updated_at >= since`).
-2. The snapshot's rows stream through a cursor, in chunks, into a temporary set and its
-   versions hash (`<set>:rebuild:<token>`, same hash tag), in large pipelined commands,
-   best-last so that Redis inserts every member at the head of the skiplist.
-   Banned players get a tombstone version (`version|`) and no member.
+2. The snapshot's rows stream in chunks, already formatted by Postgres as Redis protocol
+   arguments, into a temporary set and its versions hash (`<set>:rebuild:<token>`, same
+   hash tag) and the board's names hash, in large pipelined commands. Two cursors read the
+   one snapshot side by side (the second connection imports it): the members best-last, so
+   that Redis inserts every member at the head of the skiplist, and the versions and names
+   in no order, which Redis can take while Postgres starts the sorted stream.
+   Banned players get a tombstone version (`version|`), no member and no name.
 3. A small Lua script swaps atomically: RENAME temp -> real for the set and the versions
    hash (or deletes the real keys when the set has no rows), sets the period's expiry and
    bumps the board revision. Readers see the old set or the new one, never a gap.
@@ -25,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -137,28 +141,80 @@ def _bulk_command(name: str, key: str, pairs: list[str]) -> bytes:
     return (head + "".join(pairs)).encode()
 
 
-def _chunk_commands(
-    board: Board, temp_set: str, temp_versions: str, records: list[asyncpg.Record]
-) -> tuple[list[bytes], int]:
-    """The commands adding a chunk of queries.SET_RESP_IN_INSERT_ORDER rows to the temporary
-    keys and the board's names, and how many rows got a member.
-
-    Postgres already formatted every argument pair: this only gathers them per command."""
-    zadd = [r[0] for r in records if r[0] is not None]
-    versions = [r[1] for r in records]
-    names = [r[2] for r in records if r[2] is not None]
-    commands = [
-        _bulk_command(name, key, pairs)
-        for name, key, pairs in (
-            ("ZADD", temp_set, zadd),
-            ("HSET", temp_versions, versions),
-            ("HSET", keys.names_key(board.id), names),
-        )
-        if pairs
-    ]
+def _zadd_commands(temp_set: str, records: list[asyncpg.Record]) -> list[bytes]:
+    """The ZADD of a chunk of queries.SET_MEMBERS_IN_INSERT_ORDER rows, and the temp TTL."""
     ttl = str(TEMP_TTL_MS).encode()
-    commands += [resp.command(b"PEXPIRE", k.encode(), ttl) for k in (temp_set, temp_versions)]
-    return commands, len(zadd)
+    return [
+        _bulk_command("ZADD", temp_set, [r[0] for r in records]),
+        resp.command(b"PEXPIRE", temp_set.encode(), ttl),
+    ]
+
+
+def _field_commands(board: Board, temp_versions: str, records: list[asyncpg.Record]) -> list[bytes]:
+    """The HSETs of a chunk of queries.SET_FIELDS rows (versions, names), and the temp TTL."""
+    ttl = str(TEMP_TTL_MS).encode()
+    commands = [
+        _bulk_command("HSET", temp_versions, [r[0] for r in records]),
+        resp.command(b"PEXPIRE", temp_versions.encode(), ttl),
+    ]
+    names = [r[1] for r in records if r[1] is not None]
+    if names:
+        commands.append(_bulk_command("HSET", keys.names_key(board.id), names))
+    return commands
+
+
+async def _stream(
+    conn: asyncpg.Connection,
+    query: str,
+    args: tuple[Any, ...],
+    chunk_rows: int,
+    redis: Redis,
+    commands_of: Callable[[list[asyncpg.Record]], list[bytes]],
+    after_chunk: Callable[[int], Awaitable[None]],
+) -> None:
+    """Send a query's rows to Redis chunk by chunk, as `commands_of` encodes them; Postgres
+    produces chunk k+1 while Redis takes chunk k. `after_chunk` gets each chunk's size."""
+    cursor = await conn.cursor(query, *args)
+    upcoming = asyncio.ensure_future(cursor.fetch(chunk_rows))
+    sending: asyncio.Future[list[Any]] | None = None
+    try:
+        while records := await upcoming:
+            upcoming = asyncio.ensure_future(cursor.fetch(chunk_rows))
+            commands = commands_of(records)
+            if sending is not None:
+                await sending
+            sending = asyncio.ensure_future(resp.send(redis, commands))
+            await after_chunk(len(records))
+        if sending is not None:
+            await sending
+    except BaseException:
+        for pending in (upcoming, sending):
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+        raise
+
+
+SNAPSHOT_ID = re.compile(r"^[0-9A-Fa-f-]+$")
+SECOND_CONNECTION_TIMEOUT_S = 60.0
+
+
+@contextlib.asynccontextmanager
+async def _in_snapshot(pg: asyncpg.Pool, snapshot: str) -> AsyncIterator[asyncpg.Connection]:
+    """A second pooled connection in a read-only transaction that sees `snapshot` (exported
+    by the rebuild's own transaction, which stays open meanwhile). The wait for it is bounded:
+    rebuilds holding their first connection must not wait forever on a full pool."""
+    if not SNAPSHOT_ID.match(snapshot):
+        raise ValueError(f"unexpected snapshot id {snapshot!r}")
+    async with (
+        pg.acquire(timeout=SECOND_CONNECTION_TIMEOUT_S) as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        # must be the transaction's first statement; it takes no parameters
+        await conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        await conn.execute(queries.REBUILD_WORK_MEM)
+        yield conn
 
 
 async def rebuild_set(
@@ -189,31 +245,55 @@ async def rebuild_set(
             await conn.execute(queries.REBUILD_WORK_MEM)
             count = await conn.fetchval(queries.COUNT_SET_ROWS, board.id, window, period)
             total = total_hint if total_hint is not None else done_before + count
-            query = queries.SET_RESP_IN_INSERT_ORDER[(board.order, board.ties)]
-            cursor = await conn.cursor(query, board.id, window, period)
-            # Postgres produces chunk k+1 while Redis takes chunk k.
-            upcoming = asyncio.ensure_future(cursor.fetch(chunk_rows))
-            sending: asyncio.Future[list[Any]] | None = None
-            try:
-                while records := await upcoming:
-                    upcoming = asyncio.ensure_future(cursor.fetch(chunk_rows))
-                    commands, added = _chunk_commands(board, temp_set, temp_versions, records)
-                    if sending is not None:
-                        await sending
-                    sending = asyncio.ensure_future(resp.send(redis, commands))
-                    ranked += added
-                    rows += len(records)
-                    if progress is not None:
-                        await progress(done_before + rows, max(total, done_before + rows))
-                if sending is not None:
-                    await sending
-            except BaseException:
-                for pending in (upcoming, sending):
-                    if pending is not None and not pending.done():
-                        pending.cancel()
-                        with contextlib.suppress(BaseException):
-                            await pending
-                raise
+            snapshot: str = await conn.fetchval(queries.EXPORT_SNAPSHOT)
+            args = (board.id, window, period)
+
+            async def members_sent(n: int) -> None:
+                nonlocal ranked
+                ranked += n
+
+            async def fields_sent(n: int) -> None:
+                nonlocal rows
+                rows += n
+                if progress is not None:
+                    await progress(done_before + rows, max(total, done_before + rows))
+
+            def members(on: asyncpg.Connection) -> Coroutine[Any, Any, None]:
+                query = queries.SET_MEMBERS_IN_INSERT_ORDER[(board.order, board.ties)]
+                return _stream(
+                    on,
+                    query,
+                    args,
+                    chunk_rows,
+                    redis,
+                    lambda records: _zadd_commands(temp_set, records),
+                    members_sent,
+                )
+
+            def fields(on: asyncpg.Connection) -> Coroutine[Any, Any, None]:
+                return _stream(
+                    on,
+                    queries.SET_FIELDS[board.ties],
+                    args,
+                    chunk_rows,
+                    redis,
+                    lambda records: _field_commands(board, temp_versions, records),
+                    fields_sent,
+                )
+
+            if pg.get_max_size() < 2:  # a pool of one connection: one stream after the other
+                await members(conn)
+                await fields(conn)
+            else:
+                # Two streams of one snapshot: the sorted members on this connection, the
+                # versions and names (in no order) on a second one, so Redis works on the
+                # hashes while Postgres starts the sorted stream.
+                async with (
+                    _in_snapshot(pg, snapshot) as side,
+                    asyncio.TaskGroup() as streams,
+                ):
+                    streams.create_task(members(conn))
+                    streams.create_task(fields(side))
         expire_at = rankcache.expire_at_ms(window, period, retention)
         swap = redis.register_script(_SWAP_LUA)
         await swap(

@@ -350,3 +350,30 @@ async def test_rebuild_writes_what_the_consumer_path_writes(
     script = rankcache.apply_script(redis)
     assert await rankcache.apply_rows(redis, script, {board_id: board}, again, 2) == len(rows)
     assert await redis.zrange(set_key, 0, -1, withscores=True) == before
+
+
+async def test_rebuild_on_a_pool_of_one_connection(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    redis: Redis,
+    pg: asyncpg.Connection,
+    settings: Settings,
+) -> None:
+    """With a second connection the two streams (members, hash fields) run side by side; a
+    pool of one connection runs them one after the other, with the same result."""
+    spec = await make_board(client, "r-one", windows=["all"])
+    await seed(pg, "r-one", "all", "all", 2_000)
+    await pg.execute("UPDATE players SET banned = true WHERE player_id = 's3'")
+    small = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
+    assert small is not None
+    try:
+        board = await board_of(small, "r-one")
+        report = await rebuild.rebuild_board(redis, small, board, retention=2, chunk_rows=300)
+    finally:
+        await small.close()
+    assert report.rows == 2_000 and report.sets[0].ranked == 1_999
+    expected = await pg_set(pg, "r-one", "all", "all")
+    del expected["s3"]
+    assert await redis_set(redis, spec, "all", "all") == expected
+    assert await redis.hlen(keys.versions_key("r-one", "all", "all")) == 2_000
+    assert await redis.hget(keys.names_key("r-one"), "s10") == b"Seed 10"
+    assert await temp_keys(redis, "r-one") == []
