@@ -71,7 +71,8 @@ class Worker:
         self.pipeline: Pipeline
         self.upkeep_task: asyncio.Task[None] | None = None
         self.coldstart_task: asyncio.Task[None] | None = None
-        self.in_flight: asyncio.Task[None] | None = None
+        self.recording: asyncio.Task[None] | None = None  # a reader batch, Postgres half
+        self.in_flight: asyncio.Task[None] | None = None  # a reader batch, Redis half
 
     async def start(self) -> None:
         """Connect, and create the group at 0 so entries accepted before any consumer
@@ -101,19 +102,27 @@ class Worker:
     async def handle(self, entries: list[Entry], claimed: bool) -> None:
         """Record a batch in Postgres, then write it to the sorted sets and acknowledge it.
 
-        The second half of a reader batch runs in the background while the next batch's
-        transaction runs: Redis writes are version-guarded, so their order does not matter,
-        while transactions stay in stream order. At most one batch is in that second half.
+        A reader batch is handed to a task and the next batch is read meanwhile; the next
+        batch's transactions start only once this one has committed, so transactions stay
+        in stream order and each key's events are applied in it. The second half (Redis,
+        acknowledgement) runs in the background while the next batch's transactions run:
+        Redis writes are version-guarded, so their order does not matter. At most one batch
+        is being recorded and one is in that second half.
         """
         if claimed:
             entries = await self._drop_exhausted(entries)
-            if not entries:
-                return
+            if entries:
+                await self._run(entries, claimed=True)
+            return
+        await self._settle_recording()
+        self.recording = asyncio.create_task(self._run(entries, claimed=False))
+
+    async def _run(self, entries: list[Entry], claimed: bool) -> None:
         started = time.perf_counter()
         persisted = await self._retrying(entries, lambda: self.pipeline.persist(entries))
         if persisted is None:
             return
-        await self.settle()
+        await self._settle_writing()
         finish = self._finish(entries, persisted, claimed, started)
         if claimed:
             await finish
@@ -141,14 +150,17 @@ class Worker:
                     await self.handle(entries, claimed=True)
 
     async def settle(self) -> None:
-        """Wait for the batch being written to Redis, if any."""
+        """Wait for the batch being recorded and the one being written to Redis, if any."""
+        await self._settle_recording()
+        await self._settle_writing()
+
+    async def _settle_recording(self) -> None:
+        task, self.recording = self.recording, None
+        await _settled(task, "recording a batch failed")
+
+    async def _settle_writing(self) -> None:
         task, self.in_flight = self.in_flight, None
-        if task is not None:
-            try:
-                await task
-            except Exception:
-                # Left unacknowledged: the claimer hands the entries out again.
-                log.exception("writing a batch to Redis failed")
+        await _settled(task, "writing a batch to Redis failed")
 
     async def _finish(
         self, entries: list[Entry], persisted: Persisted, claimed: bool, started: float
@@ -256,6 +268,16 @@ class Worker:
                 [i for i, _ in entries],
                 justid=True,
             )
+
+
+async def _settled(task: asyncio.Task[None] | None, failure: str) -> None:
+    """Wait for a batch's task; a failure is logged, not raised: its entries stay
+    unacknowledged, and the claimer hands them out again."""
+    if task is not None:
+        try:
+            await task
+        except Exception:
+            log.exception(failure)
 
 
 async def _raw(message: Any, _original: Any) -> StreamMessage[Any]:
