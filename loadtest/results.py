@@ -114,7 +114,11 @@ def _profile(run: dict[str, Any], top: int = 6) -> list[str]:
     profiles = run.get("profile") or {}
     if not isinstance(profiles, dict) or not profiles:
         return []
-    lines = ["", "Profile of the 1-worker API (py-spy, share of samples by self time):", ""]
+    title = "Profile of the 1-worker API (py-spy, share of samples by self time):"
+    if "self" in profiles:  # ingest: one summary, of the consumer, not one per scenario
+        profiles = {"consumer": profiles}
+        title = "Profile of the consumer while it drained (py-spy, share of samples by self time):"
+    lines = ["", title, ""]
     for kind, found in profiles.items():
         entries = (found or {}).get("self", [])[:top]
         shares = "; ".join(f"{e['function']} {100 * e['share']:.1f}%" for e in entries)

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from loadtest import dataset, limits, procstat, summary, wrk
+from loadtest import dataset, limits, procstat, results, summary, wrk
 from loadtest.records import DataRecord, Latency, RunRecord, SuiteResult, Usage
 
 
@@ -277,3 +277,10 @@ def test_dataset_ids_are_valid_board_and_player_ids() -> None:
         for board_id in planned.board_ids:
             assert msgspec.convert(board_id, BoardId) == board_id
         assert msgspec.convert(f"{planned.prefix}999", PlayerId)
+
+
+def test_an_ingest_runs_single_consumer_profile_renders() -> None:
+    # ingest stores one py-spy summary, not one per scenario; rendering it once crashed
+    profile = {"samples": 4, "self": [{"function": "fold (service/combine.py)", "share": 0.25}]}
+    lines = results._profile({"scenario": "ingest", "profile": profile})
+    assert lines[-1] == "- consumer: fold (service/combine.py) 25.0%"
