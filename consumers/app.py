@@ -102,7 +102,8 @@ class Worker:
     async def handle(self, entries: list[Entry], claimed: bool) -> None:
         """Record a batch in Postgres, then write it to the sorted sets and acknowledge it.
 
-        A reader batch is handed to a task and the next batch is read meanwhile; the next
+        A full reader batch (a backlog) is handed to a task and the next batch is read
+        meanwhile; a partial one is waited for, so new entries gather into one batch. The next
         batch's transactions start only once this one has committed, so transactions stay
         in stream order and each key's events are applied in it. The second half (Redis,
         acknowledgement) runs in the background while the next batch's transactions run:
@@ -116,6 +117,10 @@ class Worker:
             return
         await self._settle_recording()
         self.recording = asyncio.create_task(self._run(entries, claimed=False))
+        if len(entries) < self.settings.batch_size:
+            # Caught up: reading at once would fetch a handful of entries and pay a batch's
+            # round trips and commits for each handful. Let them gather meanwhile.
+            await self._settle_recording()
 
     async def _run(self, entries: list[Entry], claimed: bool) -> None:
         started = time.perf_counter()

@@ -13,6 +13,11 @@ from zlib import crc32
 
 from service.models import ScoreEvent
 
+# Fewest events per lane. A lane is a transaction of its own, with its own commit (a WAL
+# flush) and round trips; that pays when a backlog brings full batches, not for the small
+# batches of a consumer keeping up, which want the CPU the API needs.
+MIN_LANE_EVENTS = 200
+
 
 def lane_of(player_id: str, lanes: int) -> int:
     """The lane of a player's events (stable across processes and runs)."""
@@ -20,7 +25,9 @@ def lane_of(player_id: str, lanes: int) -> int:
 
 
 def split(events: list[ScoreEvent], lanes: int) -> list[list[ScoreEvent]]:
-    """Events by lane, stream order kept within each; empty lanes left out."""
+    """Events by lane (at most `lanes`, fewer for a small batch), stream order kept within
+    each; empty lanes left out."""
+    lanes = min(lanes, len(events) // MIN_LANE_EVENTS)
     if lanes <= 1:
         return [events] if events else []
     parts: list[list[ScoreEvent]] = [[] for _ in range(lanes)]

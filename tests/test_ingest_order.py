@@ -1,5 +1,5 @@
 """Stream order survives the consumer's overlap: the next batch is read while one is being
-recorded, and a batch's Postgres work runs in lanes. A key's events must still take effect
+recorded, and a full batch's Postgres work runs in lanes. A key's events must still take effect
 in stream order, which `latest` exposes: with equal acceptance times, the later entry wins."""
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ import random
 from typing import Any
 
 import asyncpg
+import msgspec
+import pytest
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
+from consumers import lanes
 from consumers.app import Worker
 from consumers.pipeline import Entry, Persisted
 from service import scores, stream
@@ -22,29 +25,37 @@ from tests.support import drained, pg_set, redis_set
 from tests.test_ingest import make_board
 
 
-async def test_a_keys_events_take_effect_in_stream_order_across_small_batches(
+@pytest.mark.parametrize("batch_size", [3, 2 * lanes.MIN_LANE_EVENTS + 50])
+async def test_a_keys_events_take_effect_in_stream_order_across_batches(
     client: AsyncTestClient,  # type: ignore[type-arg]
     redis: Redis,
     pg: asyncpg.Connection,
     settings: Settings,
     spawn: Any,
+    batch_size: int,
 ) -> None:
-    board = await make_board(client, "order", operator="latest", order="desc", windows=["all"])
+    board = await make_board(
+        client, f"order{batch_size}", operator="latest", order="desc", windows=["all"]
+    )
     at = scores.now_ms()  # one acceptance time for all: only stream order decides
     players = [f"p{i}" for i in range(8)]
     events = [
         ScoreEvent(
-            event_id=f"o-{n}", board_id="order", player_id=players[n % 8], score=n, accepted_ms=at
+            event_id=f"o-{n}",
+            board_id=board["id"],
+            player_id=players[n % 8],
+            score=n,
+            accepted_ms=at,
         )
-        for n in range(400)
+        for n in range(1_000)
     ]
     # Entries land before the consumer starts, so it reads full batches back to back.
     for start in range(0, len(events), 50):
         await stream.publish(redis, settings.stream_key, events[start : start + 50])
-    spawn("consume", env_overrides={"RANKSTREAM_BATCH_SIZE": "3", "RANKSTREAM_INGEST_LANES": "2"})
+    spawn("consume", env_overrides={"RANKSTREAM_BATCH_SIZE": str(batch_size)})
     await drained(redis, settings)
     last = {e.player_id: e.score for e in events}  # each player's last entry in the stream
-    assert await pg_set(pg, "order", "all", "all") == last
+    assert await pg_set(pg, board["id"], "all", "all") == last
     assert await redis_set(redis, board, "all", "all") == last
 
 
@@ -55,7 +66,8 @@ async def test_a_reader_batch_is_recorded_only_after_the_one_before_it(
     settings: Settings,
 ) -> None:
     board = await make_board(client, "order2", operator="latest", order="desc", windows=["all"])
-    worker = Worker(settings, "order-test")
+    # Batches of 4 are full ones: the next is read while one is being recorded.
+    worker = Worker(msgspec.structs.replace(settings, batch_size=4), "order-test")
     await worker.start()
     spans: list[tuple[bytes, float, float]] = []  # first entry id, recording start, end
     record = worker.pipeline.persist

@@ -10,7 +10,7 @@ from service.models import ScoreEvent
 
 events = st.lists(
     st.tuples(st.sampled_from(["p1", "p2", "p3", "a", "b:c", "z@y"]), st.integers(-5, 5)),
-    max_size=60,
+    max_size=3 * lanes.MIN_LANE_EVENTS,
 ).map(
     lambda moves: [
         ScoreEvent(event_id=f"e{i}", board_id="b", player_id=p, score=s, accepted_ms=i)
@@ -38,3 +38,12 @@ def test_lane_of_is_stable_across_processes() -> None:
     # crc32, not hash(): str hashes change with every interpreter start
     assert lanes.lane_of("player-1", 2) == lanes.lane_of("player-1", 2) == 1
     assert lanes.lane_of("player-4", 2) == 0
+
+
+def test_a_small_batch_stays_in_one_lane() -> None:
+    events = [
+        ScoreEvent(event_id=f"e{i}", board_id="b", player_id=f"p{i}", score=i, accepted_ms=i)
+        for i in range(2 * lanes.MIN_LANE_EVENTS - 1)
+    ]
+    assert lanes.split(events, 4) == [events]
+    assert len(lanes.split([*events, events[0]], 4)) == 2
