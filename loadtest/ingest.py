@@ -36,6 +36,7 @@ from service.models import ScoreEvent
 TARGET_EVENTS_S = 15_000
 TARGET_VISIBLE_P99_MS = 1_000
 TARGET_OFFERED = 5_000
+DELIVERED_SHARE = 0.99  # of the offered rate: the latency phase must deliver its load
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -454,7 +455,8 @@ async def _run_async(
             print(f"latency: {lat}", flush=True)
             vis = lat["visible_ms_from_send"]
             note = (
-                f"offered {args.rate}/s, accepted {lat['accepted_rate_per_s']}/s; "
+                f"offered {args.rate}/s in requests of {args.http_batch}, accepted "
+                f"{lat['accepted_rate_per_s']}/s; "
                 f"{lat['probes_visible']}/{lat['probes_sent']} probes visible"
             )
             out["figures"].append(
@@ -475,9 +477,10 @@ async def _run_async(
                     "accepted submissions/s during the latency phase",
                     lat["accepted_rate_per_s"],
                     "submissions/s",
-                    float(args.rate),
+                    DELIVERED_SHARE * args.rate,
                     ">=",
-                    "the offered load actually delivered",
+                    f"the offered load actually delivered (target: {DELIVERED_SHARE:.0%} of it,"
+                    " as pacing over the phase's seconds is not exact)",
                 )
             )
             if lat["probes_visible"] < lat["probes_sent"]:
