@@ -4,6 +4,7 @@ deletion (nothing left behind in either store), and background rebuild jobs."""
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ import asyncpg
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from service import keys, periods
+from service import coldstart, keys, periods
 from service.settings import Settings
 from tests.support import ADMIN, drained, pg_set, redis_set
 from tests.test_rebuild import make_board, seed
@@ -42,6 +43,14 @@ async def world(
         for n, b in enumerate(specs) for i, p in enumerate(PLAYERS)
     ])  # fmt: skip
     await drained(redis, settings)
+    # The consumer's cold-start recovery of the new boards runs beside the tests' own steps;
+    # wait for it, so each test sees its operation alone (a delete during a rebuild is
+    # tests/test_rebuild.py's subject).
+    deadline = time.monotonic() + 30
+    for spec in specs:
+        while not ((await redis.get(coldstart.marker_key(spec["id"]))) or b"").startswith(b"done:"):
+            assert time.monotonic() < deadline, f"no cold-start recovery of {spec['id']}"
+            await asyncio.sleep(0.05)
     return specs
 
 
