@@ -4,39 +4,59 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from loadtest import clients, ingest, plot, reads, rebuild, results, suite
+
+Entry = Callable[[argparse.Namespace], int]
+
+
+# name, help, options, entry point
+_SCENARIOS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Entry]] = [
+    (
+        "all",
+        "the full suite: dataset per size, every scenario over sizes and connections, "
+        "soak, results JSON + RESULTS.md + PNG",
+        suite.add_all_arguments,
+        suite.run_all,
+    ),
+    (
+        "soak",
+        "the mixed profile for a long while: memory and stream",
+        suite.add_soak_arguments,
+        suite.run_soak,
+    ),
+    ("plot", "(re)draw the PNG of an `all` results file", plot.add_arguments, plot.run),
+    (
+        "ingest",
+        "consumer throughput and submit → visible latency",
+        ingest.add_arguments,
+        ingest.run,
+    ),
+    ("reads", "top-10, player rank and around-me with wrk", reads.add_arguments, reads.run),
+    (
+        "rebuild",
+        "rebuild of a 1,000,000-player board from Postgres",
+        rebuild.add_arguments,
+        rebuild.run,
+    ),
+    (
+        "clients",
+        "client CPU per Redis command: redis-py vs the read link",
+        clients.add_arguments,
+        clients.run,
+    ),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__)
     sub = parser.add_subparsers(dest="scenario", required=True)
-    p = sub.add_parser(
-        "all",
-        help="the full suite: dataset per size, every scenario over sizes and connections, "
-        "soak, results JSON + RESULTS.md + PNG",
-    )
-    suite.add_all_arguments(p)
-    p.set_defaults(func=suite.run_all)
-    p = sub.add_parser("soak", help="the mixed profile for a long while: memory and stream")
-    suite.add_soak_arguments(p)
-    p.set_defaults(func=suite.run_soak)
-    p = sub.add_parser("plot", help="(re)draw the PNG of an `all` results file")
-    plot.add_arguments(p)
-    p.set_defaults(func=plot.run)
-    p = sub.add_parser("ingest", help="consumer throughput and submit → visible latency")
-    ingest.add_arguments(p)
-    p.set_defaults(func=ingest.run)
-    p = sub.add_parser("reads", help="top-10, player rank and around-me with wrk")
-    reads.add_arguments(p)
-    p.set_defaults(func=reads.run)
-    p = sub.add_parser("rebuild", help="rebuild of a 1,000,000-player board from Postgres")
-    rebuild.add_arguments(p)
-    p.set_defaults(func=rebuild.run)
-    p = sub.add_parser("clients", help="client CPU per Redis command: redis-py vs the read link")
-    clients.add_arguments(p)
-    p.set_defaults(func=clients.run)
+    for name, help_text, add_arguments, run in _SCENARIOS:
+        p = sub.add_parser(name, help=help_text)
+        add_arguments(p)
+        p.set_defaults(func=run)
     p = sub.add_parser("report", help="regenerate RESULTS.md from results/*.json")
     p.add_argument("--results-dir", type=Path, default=results.RESULTS_DIR)
     p.set_defaults(func=_report)

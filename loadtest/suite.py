@@ -19,6 +19,7 @@ import contextlib
 import resource
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from loadtest.records import (
     SuiteResult,
 )
 from loadtest.session import DEFAULT_MIX, SCENARIOS, Session, parse_mix
-from loadtest.stack import Harness
+from loadtest.stack import Harness, add_stack_arguments
 from service.models import WINDOWS, Window
 
 
@@ -111,21 +112,13 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
         help="also sample these processes (and children) as NAME, e.g. consumer=1234",
     )
     p.add_argument(
-        "--rate-limits",
-        choices=["off", "high"],
-        default="off",
-        help="API rate limits when started here: off (default) or on, out of reach",
-    )
-    p.add_argument("--no-fsync", action="store_true", help="embedded PostgreSQL with fsync=off")
-    p.add_argument(
         "--results-dir",
         type=Path,
         default=results.RESULTS_DIR,
         help="where the JSON, PNG and RESULTS.md go (default loadtest/results, RESULTS.md "
         "beside it); point elsewhere for trial runs",
     )
-    p.add_argument("--keep-data", action="store_true")
-    p.add_argument("--seed", type=int, default=1)
+    add_stack_arguments(p)
 
 
 def add_all_arguments(p: argparse.ArgumentParser) -> None:
@@ -376,21 +369,16 @@ def run_all(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     result, binary = _start("all", args)
     result.plan = plan
-    sampler = machine.LoadSampler(5.0).start()
     run_tag = secrets.token_hex(4)
-    failed = False
     servers = Servers(args)
-    try:
+
+    def work() -> None:
         for step in steps:
             harness = servers.get()
             try:
                 if not result.setup:
                     result.setup = _setup_lines(args, harness)
-                tag = dataset.short_count(step.players)
-                if servers.shared_servers:
-                    tag += f"-{run_tag}"
-                ds = dataset.plan(step.players, args.boards, tuple(args.windows), tag, args.seed)
-                session = Session(args, harness, ds, binary, run_tag)
+                session = _session(args, servers, harness, step.players, binary, run_tag)
                 try:
                     asyncio.run(_run_step(session, step, args, result))
                 finally:
@@ -398,14 +386,8 @@ def run_all(args: argparse.Namespace) -> int:
             finally:
                 servers.release(harness)
             _write(result, args)
-    except Exception as exc:
-        result.notes.append(f"the run failed: {type(exc).__name__}: {exc}"[:2000])
-        print(f"loadtest all failed: {exc}", flush=True)
-        failed = True
-    finally:
-        servers.close()
-    result.load.update(sampler.stop())
-    result.finished_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    failed = _guarded(result, servers, work)
     if not args.no_plot and result.runs:
         result.plot = _plot(result, args)
     result.plan.append(f"took {(time.monotonic() - t0) / 60:.0f} min")
@@ -454,18 +436,12 @@ def run_soak(args: argparse.Namespace) -> int:
         f"players, {args.connections} connections, sampled every {args.soak_every:g}s"
     ]
     print(result.plan[0], flush=True)
-    sampler = machine.LoadSampler(5.0).start()
-    failed = False
     servers = Servers(args)
-    try:
+
+    def work() -> None:
         harness = servers.get()
         result.setup = _setup_lines(args, harness)
-        run_tag = secrets.token_hex(4)
-        tag = dataset.short_count(args.players)
-        if servers.shared_servers:
-            tag += f"-{run_tag}"
-        ds = dataset.plan(args.players, args.boards, tuple(args.windows), tag, args.seed)
-        session = Session(args, harness, ds, binary, run_tag)
+        session = _session(args, servers, harness, args.players, binary, secrets.token_hex(4))
 
         async def go() -> None:
             result.datasets.append(await session.open())
@@ -480,17 +456,46 @@ def run_soak(args: argparse.Namespace) -> int:
         finally:
             result.notes += session.notes
             servers.release(harness)
-    except Exception as exc:
-        result.notes.append(f"the run failed: {type(exc).__name__}: {exc}"[:2000])
-        print(f"loadtest soak failed: {exc}", flush=True)
-        failed = True
-    finally:
-        servers.close()
-    result.load.update(sampler.stop())
-    result.finished_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    failed = _guarded(result, servers, work)
     path = _write(result, args)
     print(f"results: {path}\nsummary: {_md_path(args)}", flush=True)
     return 1 if failed else 0
+
+
+def _session(
+    args: argparse.Namespace,
+    servers: Servers,
+    harness: Harness,
+    players: int,
+    binary: str,
+    run_tag: str,
+) -> Session:
+    """A session on a dataset of `players`; on servers shared across runs its ids carry the
+    run's tag, so they cannot meet an earlier run's data."""
+    tag = dataset.short_count(players)
+    if servers.shared_servers:
+        tag += f"-{run_tag}"
+    ds = dataset.plan(players, args.boards, tuple(args.windows), tag, args.seed)
+    return Session(args, harness, ds, binary, run_tag)
+
+
+def _guarded(result: SuiteResult, servers: Servers, work: Callable[[], None]) -> bool:
+    """Run `work` while sampling the load; a failure becomes a note. The servers are closed
+    and the run's end recorded either way. True when it failed."""
+    sampler = machine.LoadSampler(5.0).start()
+    failed = False
+    try:
+        work()
+    except Exception as exc:
+        result.notes.append(f"the run failed: {type(exc).__name__}: {exc}"[:2000])
+        print(f"loadtest {result.scenario} failed: {exc}", flush=True)
+        failed = True
+    finally:
+        servers.close()
+        result.load.update(sampler.stop())
+        result.finished_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return failed
 
 
 def _stem(result: SuiteResult) -> str:

@@ -143,18 +143,15 @@ class Hygiene:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 present = {bytes(k).lower() for k, _ in headers}
-                headers.append((REQUEST_ID_HEADER, request_id.encode()))
-                headers += [h for h in _STATIC_HEADERS if h[0] not in present]
-                if https:
-                    headers.append((b"strict-transport-security", self.hsts))
+                decision = state.get("ratelimit")
+                headers += self._ours(
+                    request_id, https, decision if isinstance(decision, Decision) else None, present
+                )
                 if admin:
                     headers = [h for h in headers if bytes(h[0]).lower() != b"cache-control"]
                     headers.append((b"cache-control", b"no-store"))
                 elif b"cache-control" not in present:
                     headers.append((b"cache-control", b"no-store"))
-                decision = state.get("ratelimit")
-                if isinstance(decision, Decision) and b"ratelimit-limit" not in present:
-                    headers += _limit_headers(decision)
                 message["headers"] = headers
             await send(message)
 
@@ -164,16 +161,26 @@ class Hygiene:
             route = scope.get("path_template") or "unmatched"  # never raw paths
             self._record(str(scope.get("method", "GET")), route, status, started, request_id)
 
+    def _ours(
+        self,
+        request_id: str,
+        https: bool,
+        decision: Decision | None,
+        present: frozenset[bytes] | set[bytes] = frozenset(),
+    ) -> list[tuple[bytes, bytes]]:
+        """The headers every answer gets from here, less those the answer already has."""
+        out = [(REQUEST_ID_HEADER, request_id.encode())]
+        out += [h for h in _STATIC_HEADERS if h[0] not in present]
+        if https:
+            out.append((b"strict-transport-security", self.hsts))
+        if decision is not None and b"ratelimit-limit" not in present:
+            out += [(k.lower().encode(), v.encode()) for k, v in decision.headers.items()]
+        return out
+
     async def _send_hot(self, scope: Scope, send: Send, answer: HotAnswer, request_id: str) -> None:
-        """A hot-path answer, with the headers `wrapped` gives every other answer (its
-        own carry Cache-Control and never the static ones)."""
+        """A hot-path answer (its own headers carry Cache-Control, none of ours)."""
         headers = answer.headers
-        headers.append((REQUEST_ID_HEADER, request_id.encode()))
-        headers += _STATIC_HEADERS
-        if self._https(scope):
-            headers.append((b"strict-transport-security", self.hsts))
-        if answer.decision is not None:
-            headers += _limit_headers(answer.decision)
+        headers += self._ours(request_id, self._https(scope), answer.decision)
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": answer.body, "more_body": False})
 
@@ -206,7 +213,3 @@ class Hygiene:
                     request_id=request_id,
                 ),
             )
-
-
-def _limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
-    return [(k.lower().encode(), v.encode()) for k, v in decision.headers.items()]
