@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import time
 import uuid
@@ -26,7 +27,7 @@ import httpx
 import msgspec
 from redis.asyncio import Redis
 
-from loadtest import machine, profiling, results
+from loadtest import machine, procstat, profiling, results
 from loadtest.backlog import group_state, text
 from loadtest.stack import BOARD_ID, Harness, add_stack_arguments
 from loadtest.stats import figure, percentile
@@ -92,6 +93,7 @@ async def wait_drained(
     last_id: bytes,
     timeout_s: float,
     on_first: Any = None,
+    on_sample: Any = None,
 ) -> dict[str, Any]:
     """Poll XINFO GROUPS every 20 ms until lag 0 and pending 0; timings and a timeline."""
     s = harness.settings
@@ -114,6 +116,8 @@ async def wait_drained(
                 if on_first is not None:
                     on_first()
             if now >= next_sample:
+                if on_sample is not None:
+                    on_sample()  # backends that come and go are seen while alive
                 timeline.append(
                     {"t_s": round(now - t_spawn, 2), "lag": lag, "pending": pending, "read": read}
                 )
@@ -159,6 +163,28 @@ async def verify(harness: Harness, redis: Redis, expect_events: int) -> dict[str
         and dead == 0
         and all(v["postgres_rows"] == v["zcard"] for v in zcards.values()),
     }
+
+
+def _cpu_groups(harness: Harness, consumer_pid: int) -> list[procstat.Group]:
+    """The consumer's process tree and the embedded servers' (Postgres: every backend)."""
+    cores = float(os.cpu_count() or 1)
+    groups = [procstat.Group("consumer", (consumer_pid,), tree=True, cores=1.0)]
+    for server in harness.stack.servers:
+        groups.append(
+            procstat.Group(
+                server.name, (server.pid,), True, 1.0 if server.name == "redis" else cores
+            )
+        )
+    return groups
+
+
+def _cpu_per_event(meter: procstat.CpuMeter, events: int) -> dict[str, float]:
+    """µs of CPU per event of each group, and their total; what bounds the rate on a machine
+    whose cores they share (events/s <= cores / total)."""
+    seconds = meter.cpu_seconds()
+    out = {name: round(1e6 * s / events, 1) for name, s in seconds.items()}
+    out["total"] = round(sum(out.values()), 1)
+    return out
 
 
 # --- phase 2: latency ---------------------------------------------------------------------
@@ -393,7 +419,21 @@ async def _run_async(
         print(f"pre-filled {args.events} events in {fill_s:.1f}s", flush=True)
         consumer = harness.start_consumer(args.batch_size)
         out["consumer_pid"] = consumer.pid
-        drained = await wait_drained(redis, harness, consumer, last_id, timeout_s=900)
+        # Counted from the first delivery, as the rate is: the consumer's start is left out.
+        meters: list[procstat.CpuMeter] = []
+        drained = await wait_drained(
+            redis,
+            harness,
+            consumer,
+            last_id,
+            timeout_s=900,
+            on_first=lambda: meters.append(procstat.CpuMeter(_cpu_groups(harness, consumer.pid))),
+            on_sample=lambda: meters and meters[0].read(),
+        )
+        meter = meters[0]
+        meter.read()
+        cpu = _cpu_per_event(meter, args.events)
+        print(f"CPU per event (us): {cpu}", flush=True)
         busy_s = drained["t_done"] - drained["t_first"]
         total_s = drained["t_done"] - drained["t_spawn"]
         rate = args.events / busy_s
@@ -415,6 +455,8 @@ async def _run_async(
             "events_per_s": round(rate, 1),
             "events_per_s_incl_start": round(args.events / total_s, 1),
             "timeline": drained["timeline"],
+            "cpu_us_per_event": cpu,
+            "machine_busy_share": round(meter.machine_busy_share(), 3),
             "verification": check,
         }
         out["figures"].append(
@@ -436,6 +478,15 @@ async def _run_async(
                 note="consumer spawn → lag 0 & pending 0",
             )
         )
+        for group in ("consumer", "postgres", "redis", "total"):
+            out["figures"].append(
+                figure(
+                    f"CPU per event: {group}",
+                    cpu.get(group),
+                    "µs",
+                    note="CPU seconds of its processes from first delivery to drained, / events",
+                )
+            )
         if not check["ok"]:
             out["notes"].append(f"verification after the drain failed: {check}")
 
