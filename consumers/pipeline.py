@@ -137,6 +137,7 @@ class Pipeline:
         """One lane's transaction: claim and record its events, upsert their scores;
         (changed rows, new events)."""
         async with self.pg.acquire() as conn, conn.transaction():
+            await _lock_boards(conn, {e.board_id for e in unique})
             banned = await _record_events(conn, unique)
             new = [e for e in unique if e.event_id in banned]
             old = [e for e in unique if e.event_id not in banned]
@@ -177,6 +178,21 @@ class Pipeline:
                 for e in events
             ],
         )
+
+
+class BoardGone(Exception):
+    """A batch's board was deleted after the batch was read: its transaction must not commit
+    (the batch fails and is handed out again, as any failed batch; by then the board is
+    unknown and its entries are dead-lettered)."""
+
+
+async def _lock_boards(conn: asyncpg.Connection, board_ids: set[str]) -> None:
+    """Hold the boards' rows against deletion until the commit; BoardGone if one is gone.
+    What the foreign key's per-row check did before (sql/004): no row of a deleted board is
+    ever written, since a deletion takes the row first and deletes the rows after it."""
+    found = {r["id"] for r in await conn.fetch(queries.LOCK_BOARDS, sorted(board_ids))}
+    if missing := board_ids - found:
+        raise BoardGone(", ".join(sorted(missing)))
 
 
 async def _record_events(conn: asyncpg.Connection, events: list[ScoreEvent]) -> dict[str, bool]:

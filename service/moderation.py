@@ -227,11 +227,15 @@ async def delete_board_keys(redis: Redis, board_id: str) -> int:
 async def delete_board(redis: Redis, pg: asyncpg.Pool, board_id: str) -> int:
     """Delete a board with all its rows, events and Redis keys; UnknownBoard if none."""
     async with pg.acquire() as conn, conn.transaction():
+        # The board row first: this waits for the consumers' transactions that hold it
+        # (queries.LOCK_BOARDS), so the deletes below see their rows, and every writer that
+        # comes later finds the board gone. player_scores has no cascading foreign key.
+        found = await conn.fetchval(queries.DELETE_BOARD, board_id)
+        if found is None:
+            raise boards_mod.UnknownBoard(board_id)
+        await conn.execute(queries.DELETE_BOARD_ROWS, board_id)
         await conn.execute(queries.DELETE_BOARD_EVENT_IDS, board_id)
         await conn.execute(queries.DELETE_BOARD_EVENTS, board_id)
-        found = await conn.fetchval(queries.DELETE_BOARD, board_id)
-    if found is None:
-        raise boards_mod.UnknownBoard(board_id)
     return await delete_board_keys(redis, board_id)
 
 

@@ -33,6 +33,12 @@ GROUP BY window_name, period
 
 # --- ingest (one transaction per batch) -----------------------------------------------------
 
+# First statement of every transaction that writes player_scores rows (player_scores has no
+# foreign key to leaderboards, sql/004): the boards' rows locked against deletion until the
+# commit, once per transaction instead of once per row. The ids found; a missing one means
+# the board is deleted (or being deleted: the lock waited for that to commit).
+LOCK_BOARDS = "SELECT id FROM leaderboards WHERE id = ANY($1::text[]) FOR KEY SHARE"
+
 # A batch's rows travel as one JSON array of arrays, unpacked by the server: asyncpg spends
 # ~2 µs of client CPU per element encoding a Postgres array (an isinstance check against
 # collections.abc per element), ~10 ms per batch of 500, against ~0.5 ms for msgspec's JSON.
@@ -339,9 +345,12 @@ SELECT EXISTS (SELECT 1 FROM players WHERE player_id = $1)
     OR EXISTS (SELECT 1 FROM score_events WHERE player_id = $1)
 """
 
+# Board deletion, in this order: the board row first (it waits for the transactions holding
+# LOCK_BOARDS and makes later ones fail), then what refers to it.
+DELETE_BOARD = "DELETE FROM leaderboards WHERE id = $1 RETURNING id"
+DELETE_BOARD_ROWS = "DELETE FROM player_scores WHERE board_id = $1"
 DELETE_BOARD_EVENT_IDS = "DELETE FROM event_ids WHERE board_id = $1"
 DELETE_BOARD_EVENTS = "DELETE FROM score_events WHERE board_id = $1"
-DELETE_BOARD = "DELETE FROM leaderboards WHERE id = $1 RETURNING id"
 
 SELECT_BOARD_IDS = "SELECT id FROM leaderboards ORDER BY id"
 

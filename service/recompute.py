@@ -26,7 +26,8 @@ from datetime import UTC, datetime
 import asyncpg
 import msgspec
 
-from service import periods
+from service import periods, queries
+from service.boards import UnknownBoard
 from service.combine import Key, Pending, combine, keys_of
 from service.models import Board, ScoreEvent
 
@@ -76,6 +77,10 @@ async def recompute_board(pg: asyncpg.Pool, board: Board) -> Recomputed:
                 " recomputing from events would lose their scores"
             )
         await conn.execute("LOCK TABLE player_scores IN SHARE ROW EXCLUSIVE MODE")
+        # player_scores has no foreign key to leaderboards (sql/004): hold the board row
+        # against deletion, so the rows copied below never outlive a deleted board.
+        if not await conn.fetch(queries.LOCK_BOARDS, [board.id]):
+            raise UnknownBoard(board.id)
         before = await conn.fetchrow(
             "SELECT count(*) AS n, coalesce(max(version), 0) AS v"
             " FROM player_scores WHERE board_id = $1",

@@ -1,0 +1,11 @@
+-- player_scores loses its foreign key to leaderboards. The key was checked once per
+-- inserted row by an RI trigger (a query that locks the board row FOR KEY SHARE): about a
+-- quarter of an upserted row's Postgres CPU on the ingest path, for the same board over and
+-- over. What it guaranteed is now kept explicitly:
+-- - every transaction that writes rows of a board first locks the board row FOR KEY SHARE
+--   once and fails when the board is gone (queries.LOCK_BOARDS: the consumer's lanes,
+--   recompute), so no row is written for a deleted board;
+-- - deleting a board deletes its leaderboards row first (waiting for those writers, and
+--   making writers that come later fail), then its player_scores rows, which the cascade
+--   used to delete (service/moderation.py).
+ALTER TABLE player_scores DROP CONSTRAINT player_scores_board_id_fkey;
