@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from loadtest import dataset, limits, procstat, results, summary, wrk
+from loadtest import dataset, limits, procstat, reads, results, summary, wrk
 from loadtest.records import DataRecord, Latency, RunRecord, SuiteResult, Usage
 
 
@@ -266,6 +266,24 @@ def test_summary_tables_by_players_and_by_connections(tmp_path: Path) -> None:
     assert [r.split(" | ")[2] for r in rows] == ["1", "64", "1", "64"]
     assert "api 150 · redis 20 · other 1" in text
     assert "### Runs" not in text  # every run is in one of the two tables
+
+
+def test_reads_figures_are_the_medians_of_the_runs() -> None:
+    runs = [
+        {"requests_per_s": 4_800.0, "latency_ms": {"p99": 31.0}, "failed_requests": 0},
+        {"requests_per_s": 5_600.0, "latency_ms": {"p99": 22.0}, "failed_requests": 2},
+        {"requests_per_s": 5_100.0, "latency_ms": {"p99": 27.5}, "failed_requests": 0},
+    ]
+    throughput, p99 = reads._figures("around", 2, runs)
+    assert throughput["value"] == 5_100.0
+    assert throughput["met"] is True  # target 5,000 req/s
+    assert p99["value"] == 27.5
+    assert p99["met"] is True  # bound 30 ms
+    assert "median of 3 run(s)" in p99["note"]
+    assert "4,800 req/s p99 31.0 ms" in p99["note"]
+    assert p99["note"].endswith("failed 2")
+    slow, late = reads._figures("around", 1, runs[:1])
+    assert (slow["met"], late["met"]) == (False, False)
 
 
 def test_dataset_ids_are_valid_board_and_player_ids() -> None:
