@@ -189,10 +189,13 @@ async def recover_board(
         pending, finished = f"pending:{token}", f"done:{token}"
         if cold:
             await redis.set(marker_key(board.id), pending)
+        # A cold board's names hash may hold only what consumers wrote since Redis lost it:
+        # every rebuilt set writes its names then (and when the names hash is gone).
+        names = cold or not await redis.exists(keys.names_key(board.id))
         done: list[rebuild.SetRebuilt] = []
         for window, period in need:
             result = await rebuild.rebuild_set(
-                redis, pg, board, window, period, retention=retention
+                redis, pg, board, window, period, retention=retention, names=names
             )
             done.append(result)
             log.info(

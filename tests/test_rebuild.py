@@ -13,7 +13,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from service import boards, keys, moderation, periods, rankcache, rebuild
+from service import boards, coldstart, keys, moderation, periods, rankcache, rebuild
 from service.connections import pg_pool
 from service.models import Board
 from service.settings import Settings
@@ -260,8 +260,10 @@ async def test_removals_and_board_deletion_during_a_rebuild_stick(
             await moderation.remove_entry(redis, pool, board, "s5")
             await moderation.erase_player(redis, pool, {"r3": board}, "s6")
 
+    # names=True: the names hash exists, and a rebuild writing names (as a cold start does)
+    # must not bring back the names of players removed meanwhile either
     await rebuild.rebuild_board(
-        redis, pool, board, retention=2, progress=remove_some, chunk_rows=500
+        redis, pool, board, retention=2, progress=remove_some, chunk_rows=500, names=True
     )
     got = await redis_set(redis, spec, "all", "all")
     assert "s5" not in got and "s6" not in got
@@ -280,6 +282,50 @@ async def test_removals_and_board_deletion_during_a_rebuild_stick(
         redis, pool, board, retention=2, progress=delete_board, chunk_rows=500
     )
     assert [k async for k in redis.scan_iter(match=keys.board_pattern("r3"))] == []
+
+
+async def test_names_written_when_the_board_has_none_or_redis_lost_it(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    redis: Redis,
+    pg: asyncpg.Connection,
+    pool: asyncpg.Pool,
+) -> None:
+    """A rebuild writes the board's names when it has no names hash; over one that is there
+    it leaves the names to the consumers (unless told to write them); a cold start writes
+    them even when consumers have put a few names back since Redis lost the board."""
+    await make_board(client, "r-names", windows=["all", "daily"])
+    today = periods.period_id("daily", datetime.now(UTC))
+    await seed(pg, "r-names", "all", "all", 300)
+    await seed(pg, "r-names", "daily", today, 20)
+    await pg.execute(
+        "INSERT INTO player_scores (board_id, window_name, period, player_id, score, reached_at)"
+        " VALUES ('r-names', 'daily', $1, 'only-today', 5, now())",
+        today,
+    )
+    await pg.execute("INSERT INTO players (player_id, display_name) VALUES ('only-today', 'T')")
+    board = await board_of(pool, "r-names")
+    names = keys.names_key("r-names")
+
+    # no names hash: every set of the call writes its players' names (the daily set's too,
+    # though the `all` set wrote the names hash first)
+    await rebuild.rebuild_board(redis, pool, board, retention=2, chunk_rows=100)
+    assert await redis.hlen(names) == 301
+    assert await redis.hget(names, "only-today") == b"T"
+
+    await pg.execute("UPDATE players SET display_name = 'Renamed' WHERE player_id = 's5'")
+    await rebuild.rebuild_board(redis, pool, board, retention=2, chunk_rows=100)
+    assert await redis.hget(names, "s5") == b"Seed 5"  # left as it was
+    await rebuild.rebuild_board(redis, pool, board, retention=2, chunk_rows=100, names=True)
+    assert await redis.hget(names, "s5") == b"Renamed"
+
+    # Redis lost the board; a consumer has written one name back before the recovery
+    await redis.flushall()
+    await redis.hset(names, "s1", "Seed 1")
+    recovered = await coldstart.recover_board(redis, pool, board, 2)
+    assert recovered is not None and recovered.cold
+    assert await redis.hlen(names) == 301
+    assert await redis.hget(names, "s5") == b"Renamed"
+    assert await redis.hget(names, "only-today") == b"T"
 
 
 @pytest.mark.parametrize(("order", "ties"), [("desc", "earliest"), ("asc", "shared")])
