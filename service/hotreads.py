@@ -111,8 +111,15 @@ class HotReads:
         services = self._ready()
         if services is None:
             return None
+        path: str = scope["path"]
+        root = scope.get("root_path")
+        if root:
+            path = root + path
+        found = _ROUTE.match(path)
+        if found is None:
+            return None  # not a polled read: neither answered nor passed on
         try:
-            answer = await self._answer(services, scope)
+            answer = await self._answer(services, scope, path, found)
         # Anything unusual, a failing dependency included (Postgres while the board cache
         # reloads, a pool closing at shutdown): Litestar answers it, with a problem.
         except Exception:
@@ -121,14 +128,9 @@ class HotReads:
         _ANSWERED.inc()
         return answer
 
-    async def _answer(self, services: Services, scope: Scope) -> HotAnswer:
-        path: str = scope["path"]
-        root = scope.get("root_path")
-        if root:
-            path = root + path
-        found = _ROUTE.match(path)
-        if found is None:
-            raise _Pass
+    async def _answer(
+        self, services: Services, scope: Scope, path: str, found: re.Match[str]
+    ) -> HotAnswer:
         kind = "top" if found["player"] is None else "around" if found["around"] else "player"
         query = scope.get("query_string", b"").decode()
         params = _parameters(query)

@@ -91,7 +91,8 @@ DEPENDENCY_ERRORS = Counter(
 )
 HOT_READS = Counter(
     "rankstream_hot_reads_total",
-    "GETs the hot path answered itself or passed on to the full API (service.hotreads).",
+    "Polled reads (top, rank, around GETs) the hot path answered itself or passed on to "
+    "the full API (service.hotreads).",
     ["outcome"],
 )
 REBUILD_DURATION = Histogram(

@@ -27,10 +27,10 @@ from tests.test_rankings import T0, Seed, make_board, seed
 COMPARED_HEADERS = ("etag", "cache-control", "x-rankstream-source", "content-type")
 
 
-def answered() -> float:
-    """How many GETs the hot path answered itself in this process so far."""
+def answered(outcome: str = "answered") -> float:
+    """How many polled reads the hot path answered itself (or passed on) in this process."""
     metrics.flush()  # the counter waits in the process until flushed
-    return REGISTRY.get_sample_value("rankstream_hot_reads_total", {"outcome": "answered"}) or 0.0
+    return REGISTRY.get_sample_value("rankstream_hot_reads_total", {"outcome": outcome}) or 0.0
 
 
 @pytest.fixture
@@ -108,12 +108,18 @@ async def test_hot_path_answers_as_the_routes_do(
         _same(await client.get(path, params=params), await plain.get(path, params=params), path)
     assert answered() - before == len(answerable)
 
-    before = answered()
+    before, before_passed = answered(), answered("passed")
     for path, params in passed:
         _same(await client.get(path, params=params), await plain.get(path, params=params), path)
     repeated = f"{base}/top?limit=2&limit=3"
     _same(await client.get(repeated), await plain.get(repeated), repeated)
     assert answered() == before  # every one of them was left to Litestar
+    assert answered("passed") - before_passed == len(passed) + 1
+
+    # other GETs are not polled reads: the hot path counts them neither way
+    for other in ("/health/live", "/v1/leaderboards", f"{base}/players/p1/around/x"):
+        await client.get(other)
+    assert (answered(), answered("passed")) == (before, before_passed + len(passed) + 1)
 
 
 async def test_conditional_get_on_the_hot_path(
