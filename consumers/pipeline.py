@@ -200,7 +200,7 @@ async def _record_events(conn: asyncpg.Connection, events: list[ScoreEvent]) -> 
     events = sorted(events, key=lambda e: e.event_id)  # one lock order for all consumers
     rows = await conn.fetch(
         queries.RECORD_NEW_EVENTS,
-        _json(
+        *_json_columns(
             [
                 (e.event_id, e.board_id, e.player_id, e.score, e.accepted_ms, e.request_id)
                 for e in events
@@ -225,15 +225,16 @@ async def _record(
         groups[(board.operator, board.order)].append((*key, pending.score, pending.reached_ms))
     changed: list[rankcache.ScoreRow] = []
     for group, items in groups.items():
-        rows = await conn.fetch(queries.UPSERT_SCORES[group], _json(items))
+        rows = await conn.fetch(queries.UPSERT_SCORES[group], *_json_columns(items))
         changed.extend(rankcache.rows_from_records(rows))
     await _upsert_players(conn, events)
     return changed
 
 
-def _json(rows: Sequence[tuple[str | int | None, ...]]) -> str:
-    """Rows as the JSON array of arrays the ingest statements unpack (see service.queries)."""
-    return _encode_json(rows).decode()
+def _json_columns(rows: Sequence[tuple[str | int | None, ...]]) -> list[str]:
+    """Rows (at least one) as the JSON array per column the ingest statements unpack (see
+    service.queries)."""
+    return [_encode_json(column).decode() for column in zip(*rows, strict=True)]
 
 
 async def _read_back(
