@@ -265,6 +265,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
                 window=args.window,
                 period=period,
                 progress=progress,
+                names=True if args.names else None,
             )
             print(file=sys.stderr)
             for s in report.sets:
@@ -362,6 +363,11 @@ def parser() -> argparse.ArgumentParser:
         "--from-events",
         action="store_true",
         help="first recompute player_scores from score_events (after changing the operator)",
+    )
+    p.add_argument(
+        "--names",
+        action="store_true",
+        help="rewrite the players' display names too (by default only a board without any)",
     )
     p = command("reconcile", cmd_reconcile)
     p.add_argument("board")

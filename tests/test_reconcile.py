@@ -131,5 +131,11 @@ async def test_cli_exit_codes(
     assert await run_cli(spawn, "reconcile", "cli", "--json") == 0
     assert await redis_set(redis, spec, "all", "all") == await pg_set(pg, "cli", "all", "all")
     assert await run_cli(spawn, "rebuild", "cli", "--window", "all", "--period", "current") == 0
+    # names are there: a rebuild leaves them, unless told to rewrite them
+    await pg.execute("UPDATE players SET display_name = 'Renamed' WHERE player_id = 's5'")
+    assert await run_cli(spawn, "rebuild", "cli") == 0
+    assert await redis.hget(keys.names_key("cli"), "s5") == b"Seed 5"
+    assert await run_cli(spawn, "rebuild", "cli", "--names") == 0
+    assert await redis.hget(keys.names_key("cli"), "s5") == b"Renamed"
     assert await run_cli(spawn, "rebuild", "nope") == 2
     assert await run_cli(spawn, "rebuild", "cli", "--window", "daily") == 2
