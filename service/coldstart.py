@@ -9,7 +9,10 @@ Detection, per board:
 - A marker key `lb:{board}:warm` says the board's sets in Redis are complete. If it is
   missing, Redis lost the board (a FLUSHALL, a restart without persistence). Consumers may
   already have recreated *partial* sets from new submissions by then, so key existence
-  alone would not tell; the marker does.
+  alone would not tell; the marker does. Reads use a board's sets only while its marker
+  says `done:` (service.ranking), so until the recovery is finished they are answered
+  from Postgres, never from a partial set. Creating a board sets `done:` at once
+  (`mark_new_board`): a new board has nothing in Postgres that Redis could lack.
 - With the marker present, a candidate set (each window's current period and the retained
   past periods) whose versions hash is missing while Postgres has rows for it is rebuilt
   too (keys deleted by hand or evicted). The versions hash, not the set, is checked: a
@@ -42,6 +45,7 @@ from datetime import UTC, datetime
 import asyncpg
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from service import boards, keys, periods, rankcache, rebuild
 from service.models import Board, Window
@@ -95,12 +99,22 @@ class Recovered(msgspec.Struct, frozen=True):
 
 def marker_key(board: str) -> str:
     """Present while the board's sets in Redis are complete (holds the pass's token)."""
-    return f"lb:{{{board}}}:warm"
+    return keys.warm_key(board)
 
 
 def lock_key(board: str) -> str:
     """The lock of the one process rebuilding a board's missing sets."""
     return f"rankstream:coldstart:lock:{board}"
+
+
+async def mark_new_board(redis: Redis, board_id: str) -> None:
+    """A board just created has no rows in Postgres, so Redis holds all of it: reads may use
+    its sets at once (service.ranking reads only boards with a `done:` marker). Without
+    Redis the marker stays missing, and the consumers' next pass sets it."""
+    try:
+        await redis.set(marker_key(board_id), "done:created")
+    except RedisError as exc:
+        log.warning("new board %s not marked warm: %r", board_id, exc)
 
 
 class LockLost(Exception):

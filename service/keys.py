@@ -32,6 +32,11 @@ def names_key(board: str) -> str:
     return f"lb:{{{board}}}:names"
 
 
+def warm_key(board: str) -> str:
+    """Marker of a board whose sets in Redis are complete (`done:<token>`; service.coldstart)."""
+    return f"lb:{{{board}}}:warm"
+
+
 def revision_key(board: str) -> str:
     """Counter bumped on every change of any of the board's sets (feeds ETags)."""
     return f"lb:{{{board}}}:rev"

@@ -9,7 +9,10 @@ scores (ZCOUNT with an exclusive bound on the stored score), and list a tie in p
 order, which is already the member order; `earliest` boards give ZRANK + 1.
 
 A missing set (ZCARD 0: Redis never keeps an empty sorted set) raises `SetMissing`; the
-caller decides between an empty answer and Postgres (`service.pgranking`).
+caller decides between an empty answer and Postgres (`service.pgranking`). So does any set
+of a board whose cold-start marker is not `done:` (service.coldstart), with no revision, so
+that the caller goes to Postgres: after Redis lost a board, consumers' writes recreate
+partial sets until the recovery has rebuilt them.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from service.models import (
 from service.wire import ReadLink
 
 _READ_LUA = r"""#!lua flags=no-writes
--- KEYS[1] sorted set, KEYS[2] versions hash, KEYS[3] names hash, KEYS[4] revision counter
+-- KEYS[1] sorted set, KEYS[2] versions hash, KEYS[3] names hash, KEYS[4] revision counter,
+-- KEYS[5] the board's warm marker
 -- ARGV[1] ties ('shared' | 'earliest'), ARGV[2] op, then the op's arguments:
 --   range  start count          entries at positions [start, start + count)
 --   after  score member count   entries after the exclusive position (score, member)
@@ -50,6 +54,12 @@ _READ_LUA = r"""#!lua flags=no-writes
 local set, versions, names = KEYS[1], KEYS[2], KEYS[3]
 local earliest = ARGV[1] == 'earliest'
 local op = ARGV[2]
+-- A board not (yet) marked complete by a cold-start pass may hold partial sets rebuilt by
+-- consumers' writes: answered as missing with no revision, which sends the read to Postgres.
+local warm = redis.call('GET', KEYS[5])
+if not warm or string.sub(warm, 1, 5) ~= 'done:' then
+  return {false, 0}
+end
 local revision = redis.call('GET', KEYS[4])
 local total = redis.call('ZCARD', set)
 if total == 0 then
@@ -282,6 +292,7 @@ async def _run(redis: Reader, board: Board, window: Window, period: str, args: l
         keys.versions_key(board.id, window, period),
         keys.names_key(board.id),
         keys.revision_key(board.id),
+        keys.warm_key(board.id),
     ]
     argv = [board.ties, *args]
     try:

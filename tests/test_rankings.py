@@ -17,7 +17,7 @@ import msgspec
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from service import boards, keys, periods, pgranking, rankcache, ranking
+from service import boards, coldstart, keys, periods, pgranking, rankcache, ranking
 from service.app import create_app
 from service.connections import redis_client
 from service.models import Board, Window
@@ -457,6 +457,48 @@ async def test_past_period_is_served_from_postgres(
     gone = await client.get(f"/v1/leaderboards/{board.id}/top", params={"period": "previous"})
     assert gone.headers["x-rankstream-source"] == "postgres"
     assert gone.json() == live.json()
+
+
+async def test_partial_sets_of_a_board_redis_lost_are_not_read(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    pg: asyncpg.Connection,
+    redis: Redis,
+) -> None:
+    board = await make_board(client)
+    await seed(pg, redis, board, [Seed(f"p{i}", 10 * i, name=f"P{i}") for i in range(6)])
+    base = f"/v1/leaderboards/{board.id}"
+    requests: list[tuple[str, str, dict[str, Any], Any]] = [
+        ("GET", f"{base}/top", {}, None),
+        ("GET", f"{base}/players/p2", {}, None),
+        ("GET", f"{base}/players/p2/around", {"radius": 1}, None),
+        ("POST", f"{base}/ranks", {}, {"player_ids": ["p5", "p2"]}),
+    ]
+
+    async def answers() -> list[tuple[str, Any]]:
+        out = []
+        for method, path, params, body in requests:
+            answer = await client.request(method, path, params=params, json=body)
+            assert answer.status_code == 200, answer.text
+            out.append((answer.headers["x-rankstream-source"], answer.json()))
+        return out
+
+    complete = await answers()
+    assert {source for source, _ in complete} == {"redis"}
+    # Redis restarts empty, and a consumer's write recreates the set with one player in it
+    # before the recovery has rebuilt the rest: that set must not be answered from.
+    await redis.flushall()
+    await seed(pg, redis, board, [Seed("p2", 20, version=2, name="P2")])
+    assert await redis.zcard(keys.set_key(board.id, "all", "all")) == 1
+    for marker in (None, "pending:recovering"):
+        if marker is not None:
+            await redis.set(coldstart.marker_key(board.id), marker)
+        during = await answers()
+        assert [source for source, _ in during] == ["postgres"] * len(requests), marker
+        assert [answer for _, answer in during] == [answer for _, answer in complete]
+    # the recovery has rebuilt the board and marked it done: Redis answers again
+    await seed(pg, redis, board, [Seed(f"p{i}", 10 * i, name=f"P{i}") for i in range(6) if i != 2])
+    await redis.set(coldstart.marker_key(board.id), "done:recovered")
+    assert await answers() == complete
 
 
 async def test_redis_unreachable_answers_from_postgres(

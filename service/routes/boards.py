@@ -8,7 +8,7 @@ from litestar import Request, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 
-from service import boards
+from service import boards, coldstart
 from service.auth import authorize
 from service.models import Board, BoardCreate, BoardId, BoardList, BoardPatch, BoardView
 from service.problems import Problem, decode_body
@@ -43,6 +43,7 @@ async def create_board(
             409, "Leaderboard exists", f"{data.id!r} exists already", field="id"
         ) from None
     services.boards.put(board)
+    await coldstart.mark_new_board(services.redis, board.id)
     return await boards.view(services.pg, board, datetime.now(UTC))
 
 
