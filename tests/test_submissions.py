@@ -7,7 +7,10 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
+from service import stream
+from service.models import ScoreEvent
 from service.settings import Settings
 from tests.support import ADMIN
 
@@ -193,3 +196,21 @@ async def test_board_creation_validates(
     assert answer.status_code == 409
     answer = await client.post("/v1/leaderboards", json={"id": "c"})
     assert answer.status_code == 401
+
+
+async def test_a_batch_lands_whole_in_order_or_not_at_all(redis: Redis) -> None:
+    events = [
+        ScoreEvent(
+            event_id=f"e{i}", board_id="b", player_id=f"p{i % 7}", score=i, accepted_ms=1_000 + i
+        )
+        for i in range(120)
+    ]
+    await stream.publish(redis, "t:batch", events)
+    await stream.publish(redis, "t:batch", events[:1])
+    entries = await redis.xrange("t:batch")
+    assert [stream.decode(fields) for _, fields in entries] == [*events, events[0]]
+    # a stream key that is not a stream: the first XADD fails, and nothing is written
+    await redis.set("t:not-a-stream", "x")
+    with pytest.raises(ResponseError):
+        await stream.publish(redis, "t:not-a-stream", events)
+    assert await redis.get("t:not-a-stream") == b"x"
