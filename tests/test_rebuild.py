@@ -346,7 +346,18 @@ async def test_rebuild_writes_what_the_consumer_path_writes(
     await make_board(client, board_id, order=order, ties=ties, windows=["all"])
     base = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()
     micros = [0, 1, 999, 1_000, 1_001, 123_456, 999_000, 999_999, 500_000, 1_000]
-    names = ["Zoë", "名前", "plain", None, "emoji 🎮", "tab\tand\\back", "$5\r\nx", "", "A", "B"]
+    names = [
+        "Zoë",
+        "名前",
+        "plain",
+        None,
+        "emoji 🎮",
+        "tab\tand\\back",
+        "$5\r\nx",
+        "",
+        "\x01\x02|\x01",
+        "B",
+    ]
     rows = []
     for i, (us, name) in enumerate(zip(micros, names, strict=True)):
         player = f"u{i}"
