@@ -105,6 +105,19 @@ async def _settle(redis: Redis) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _server_counters(redis: Redis) -> tuple[float, int]:
+    """(CPU seconds of the server process, its threads included and its forked children
+    not; AOF rewrites so far)."""
+    cpu = await redis.info("cpu")
+    persistence = await redis.info("persistence")
+    used = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+    return used, int(persistence["aof_rewrites"])
+
+
+def _server_work(before: tuple[float, int], after: tuple[float, int]) -> dict[str, Any]:
+    return {"redis_cpu_s": round(after[0] - before[0], 2), "aof_rewrites": after[1] - before[1]}
+
+
 async def _flush(redis: Redis) -> None:
     """FLUSHALL, and wait until the server has freed what it held (a restarted, empty Redis
     has nothing to free)."""
@@ -127,22 +140,27 @@ async def measure(harness: Harness, board: Board, args: argparse.Namespace) -> d
                     await rebuild.rebuild_board(redis, pool, board, retention=2)
                 await _settle(redis)
                 load = machine.loadavg()
+                before = await _server_counters(redis)
                 t0 = time.perf_counter()
                 report = await rebuild.rebuild_board(redis, pool, board, retention=2)
                 seconds = time.perf_counter() - t0
+                work = _server_work(before, await _server_counters(redis))
                 ok = await _check(redis, harness, args.players, args.seed + i)
                 runs.append({"kind": kind, "seconds": round(seconds, 3), "rows": report.rows,
-                             "ok": ok, "loadavg_before": load})  # fmt: skip
-                print(f"  rebuild ({kind}) {i + 1}: {seconds:.2f}s ok={ok} load {load}", flush=True)
+                             "ok": ok, "loadavg_before": load, **work})  # fmt: skip
+                print(f"  rebuild ({kind}) {i + 1}: {seconds:.2f}s ok={ok} load {load} {work}",
+                      flush=True)  # fmt: skip
         await _flush(redis)
         load = machine.loadavg()
+        before = await _server_counters(redis)
         t0 = time.perf_counter()
         recovered = await coldstart.recover_board(redis, pool, board, 2)
         seconds = time.perf_counter() - t0
+        work = _server_work(before, await _server_counters(redis))
         ok = recovered is not None and await _check(redis, harness, args.players, args.seed)
         runs.append({"kind": "coldstart", "seconds": round(seconds, 3), "ok": ok,
-                     "loadavg_before": load})  # fmt: skip
-        print(f"  cold-start recovery: {seconds:.2f}s ok={ok} load {load}", flush=True)
+                     "loadavg_before": load, **work})  # fmt: skip
+        print(f"  cold-start recovery: {seconds:.2f}s ok={ok} load {load} {work}", flush=True)
     finally:
         await pool.close()
         await redis.aclose()
@@ -186,13 +204,16 @@ def run(args: argparse.Namespace) -> int:
         "coldstart": "cold start (FLUSHALL, then the consumers' recovery path)",
     }
     for kind, label in labels.items():
-        times = [r["seconds"] for r in out["runs"] if r["kind"] == kind]
+        of_kind = [r for r in out["runs"] if r["kind"] == kind]
+        times = [r["seconds"] for r in of_kind]
         if not times:
             continue
-        checks = all(r["ok"] for r in out["runs"] if r["kind"] == kind)
+        checks = all(r["ok"] for r in of_kind)
         note = (
             f"{len(times)} run(s): " + ", ".join(f"{t:.2f}s" for t in times)
             + f"; checks {'passed' if checks else 'FAILED'}"
+            + "; Redis CPU " + ", ".join(f"{r.get('redis_cpu_s', 0):.2f}s" for r in of_kind)
+            + "; AOF rewrites in the run " + ", ".join(str(r.get("aof_rewrites")) for r in of_kind)
         )  # fmt: skip
         out["figures"].append(
             figure(
