@@ -74,15 +74,33 @@ def expire_at_ms(window: Window, period: str, retention: int) -> int:
     return int(end.timestamp() * 1000)
 
 
+def _row_arguments(player: str, version: int, stored: int | str, member: str) -> bytes:
+    """One row's four script arguments in the Redis protocol, formatted as one string: the
+    consumer encodes ~1,000 rows a batch, and formatting each argument on its own (str,
+    encode, a header) cost ~5 µs a row. Lengths are in bytes, so text that is not ASCII
+    takes the general path."""
+    v, s = str(version), str(stored)
+    text = (
+        f"${len(player)}\r\n{player}\r\n${len(v)}\r\n{v}\r\n"
+        f"${len(s)}\r\n{s}\r\n${len(member)}\r\n{member}\r\n"
+    )
+    if text.isascii():
+        return text.encode()
+    return resp.command(player.encode(), v.encode(), s.encode(), member.encode()).split(b"\r\n", 1)[
+        1
+    ]
+
+
 def _apply_command(
     sha: bytes,
     board: Board,
     window: Window,
     period: str,
     retention: int,
-    items: list[tuple[str, ...]],
+    rows: list[bytes],
 ) -> bytes:
-    parts = [
+    """EVALSHA of the apply script over rows already encoded by _row_arguments."""
+    head = resp.command(
         b"EVALSHA",
         sha,
         b"3",
@@ -90,10 +108,9 @@ def _apply_command(
         keys.versions_key(board.id, window, period).encode(),
         keys.revision_key(board.id).encode(),
         str(expire_at_ms(window, period, retention)).encode(),
-    ]
-    for item in items:
-        parts.extend(arg.encode() for arg in item)
-    return resp.command(*parts)
+    )
+    # resp.command counted 7 arguments; the rows add four each.
+    return b"*%d\r\n" % (7 + 4 * len(rows)) + head.split(b"\r\n", 1)[1] + b"".join(rows)
 
 
 async def apply_rows(
@@ -104,17 +121,18 @@ async def apply_rows(
     retention: int,
 ) -> int:
     """Apply rows to their sets in one round trip; return how many players changed."""
-    grouped: dict[tuple[str, Window, str], list[tuple[str, ...]]] = {}
+    grouped: dict[tuple[str, Window, str], list[bytes]] = {}
     for row in rows:
         board = boards[row.board_id]
         if isinstance(row, Removal):
-            item: tuple[str, ...] = (row.player_id, str(row.version), "0", "")
+            item = _row_arguments(row.player_id, row.version, "0", "")
         else:
-            reached_ms = int(row.reached_at.timestamp() * 1000)
-            item = (
+            # The time a score was reached is part of the member for earliest ties only.
+            reached_ms = int(row.reached_at.timestamp() * 1000) if board.ties == "earliest" else 0
+            item = _row_arguments(
                 row.player_id,
-                str(row.version),
-                str(keys.zscore(board.order, row.score)),
+                row.version,
+                keys.zscore(board.order, row.score),
                 keys.member(board.ties, row.player_id, reached_ms),
             )
         grouped.setdefault((row.board_id, row.window, row.period), []).append(item)
