@@ -33,7 +33,7 @@ from consumers import upkeep
 from consumers.dead_letters import dead_letter
 from consumers.exposition import serve as serve_metrics
 from consumers.pipeline import Entry, Outcome, Persisted, Pipeline
-from service import coldstart, logs, metrics, stream
+from service import coldstart, logs, metrics, resp, stream
 from service.connections import pg_pool, redis_client
 from service.settings import Settings
 from service.up import child_env
@@ -174,9 +174,8 @@ class Worker:
             await self.pipeline.publish(persisted)
             outcome = persisted.outcome
             if outcome.ack:
-                await self.redis.xack(
-                    self.settings.stream_key, self.settings.consumer_group, *outcome.ack
-                )
+                # Encoded by hand: redis-py spent ~1.9 µs of CPU per id of a 500-id XACK.
+                await resp.send(self.redis, [self._xack(outcome.ack)])
             await dead_letter(
                 self.settings, self.redis, self.pg, outcome.undecodable, "undecodable", 1
             )
@@ -197,6 +196,12 @@ class Worker:
                     "unknown board",
                     deliveries,
                 )
+
+    def _xack(self, ids: list[bytes]) -> bytes:
+        settings = self.settings
+        return resp.command(
+            b"XACK", settings.stream_key.encode(), settings.consumer_group.encode(), *ids
+        )
 
     async def _retrying(self, entries: list[Entry], step: Callable[[], Awaitable[T]]) -> T | None:
         """Run a step until it passes; dependency failures are retried in place, not by
