@@ -15,7 +15,7 @@ from litestar import Request, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 
-from service import dead_letters, moderation, periods, rebuild, recompute
+from service import dead_letters, jobs, moderation, periods, rebuild, recompute
 from service.auth import authorize
 from service.boards import UnknownBoard
 from service.models import BoardId, PlayerId, Window
@@ -90,20 +90,22 @@ async def start_rebuild(
             period = periods.resolve(window, period, datetime.now(UTC))
         except ValueError as exc:
             raise invalid("period", str(exc)) from None
-    job_id = await rebuild.create_job(services.redis, board.id, window, period)
-    _background(
-        rebuild.run_job(
+    job_id = await jobs.create_job(services.redis, "rebuild", board.id, window, period)
+
+    async def work(progress: rebuild.Progress) -> rebuild.RebuildReport:
+        if from_events:  # part of the job: the rebuild reads what the recompute wrote
+            await recompute.recompute_board(services.pg, board)
+        return await rebuild.rebuild_board(
             services.redis,
             services.pg,
             board,
-            job_id,
             retention=services.settings.retention_periods,
             window=window,
             period=period,
-            before=(lambda: recompute.recompute_board(services.pg, board)) if from_events else None,
-        ),
-        f"rebuild job {job_id}",
-    )
+            progress=progress,
+        )
+
+    _background(jobs.run_job(services.redis, job_id, work), f"rebuild job {job_id}")
     return JobAccepted(job_id=job_id, status_url=f"/v1/admin/jobs/{job_id}")
 
 
@@ -112,10 +114,10 @@ async def get_job(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
     job_id: str = Parameter(title="Job id", max_length=64),
-) -> rebuild.JobView:
+) -> jobs.JobView:
     """State (`queued`, `running`, `done`, `failed`), rows done of total, the report."""
     await _admin(request, services)
-    view = await rebuild.job_view(services.redis, job_id)
+    view = await jobs.job_view(services.redis, job_id)
     if view is None:
         raise Problem(404, "Unknown job", f"no job {job_id!r}", field="job_id")
     return view
