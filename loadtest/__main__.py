@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from loadtest import clients, ingest, plot, reads, rebuild, results, suite
+from loadtest import clients, fallback, ingest, plot, reads, rebuild, results, suite
 
 Entry = Callable[[argparse.Namespace], int]
 
@@ -40,6 +40,12 @@ _SCENARIOS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Entr
         "rebuild of a 1,000,000-player board from Postgres",
         rebuild.add_arguments,
         rebuild.run,
+    ),
+    (
+        "fallback",
+        "the Postgres fallback reads (service.pgranking) on a 1,000,000-player board",
+        fallback.add_arguments,
+        fallback.run,
     ),
     (
         "clients",
