@@ -1,9 +1,9 @@
 """The FastStream consumer app: batch reader, idle-entry claimer, stream upkeep.
 
-Two subscribers share the consumer group. The reader takes new entries in batches. The
-claimer (FastStream's `min_idle_time`, which only claims and never reads new entries)
-takes over entries left pending by a crashed or stuck consumer, one at a time, so a
-poison entry is isolated from its batch and dead-lettered after `max_deliveries`.
+Two consumers of the group per process. The reader (a FastStream subscriber) takes new
+entries in batches. The claimer (Worker.claim_idle) takes over entries left pending by a
+crashed or stuck consumer, one at a time, so a poison entry is isolated from its batch and
+dead-lettered after `max_deliveries`.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ class Worker:
         self.pipeline: Pipeline
         self.upkeep_task: asyncio.Task[None] | None = None
         self.coldstart_task: asyncio.Task[None] | None = None
+        self.claim_task: asyncio.Task[None] | None = None
+        self.stop_claiming = asyncio.Event()
         self.recording: asyncio.Task[None] | None = None  # a reader batch, Postgres half
         self.in_flight: asyncio.Task[None] | None = None  # a reader batch, Redis half
 
@@ -87,6 +89,9 @@ class Worker:
 
     async def stop(self) -> None:
         """Finish the batches in hand, then close connections."""
+        self.stop_claiming.set()
+        if self.claim_task is not None:
+            await _settled(self.claim_task, "the claimer failed")  # ends after its entry
         await self.settle()
         # ResponseError: NOGROUP when Redis lost the group (run_workers then starts again)
         with contextlib.suppress(*TRANSIENT, redis.exceptions.ResponseError):
@@ -121,6 +126,48 @@ class Worker:
             # Caught up: reading at once would fetch a handful of entries and pay a batch's
             # round trips and commits for each handful. Let them gather meanwhile.
             await self._settle_recording()
+
+    async def claim_idle(self) -> None:
+        """The claimer: entries pending longer than `claim_idle_ms` are taken over and
+        handled one at a time; once none is left, the next look is `claim_interval_ms` later.
+
+        XPENDING's IDLE filter finds the first such entry in one pass over the pending list,
+        inside Redis. FastStream's claimer (XAUTOCLAIM COUNT 1, which looks at ten pending
+        entries a call and pauses only after a pass over them all) made ~190 round trips a
+        second while a backlog kept 1,000+ entries pending, none of them idle: ~10 µs of
+        consumer CPU an event and ~1.3 µs of Redis CPU."""
+        s = self.settings
+        name = claimer_name(self.name)
+        while not self.stop_claiming.is_set():
+            try:
+                idle = await self.redis.xpending_range(
+                    s.stream_key, s.consumer_group, "-", "+", 1, idle=s.claim_idle_ms
+                )
+                if idle:
+                    # From that entry: it, or the next idle one if another claimer was first.
+                    reply: Any = await self.redis.xautoclaim(
+                        s.stream_key,
+                        s.consumer_group,
+                        name,
+                        s.claim_idle_ms,
+                        start_id=idle[0]["message_id"],
+                        count=1,
+                    )
+                    # An entry trimmed away meanwhile comes back with no fields: nothing to do.
+                    entries: list[Entry] = [(i, fields) for i, fields in reply[1] if fields]
+                    if entries:
+                        await self.handle(entries, claimed=True)
+                    continue
+            except (*TRANSIENT, redis.exceptions.ResponseError) as exc:
+                # ResponseError: NOGROUP while Redis lost the group (the reader's restart
+                # recreates it).
+                log.warning("claiming idle entries failed: %r", exc)
+            except Exception:
+                # The entry stays pending: claimed again once idle, dead-lettered after
+                # max_deliveries (as when FastStream's handler raised).
+                log.exception("handling a claimed entry failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop_claiming.wait(), s.claim_interval_ms / 1000)
 
     async def _run(self, entries: list[Entry], claimed: bool) -> None:
         started = time.perf_counter()
@@ -301,13 +348,11 @@ async def _no_decode(_message: StreamMessage[Any], _original: Any) -> None:
 
 def _entries(message: StreamMessage[Any]) -> list[Entry]:
     raw = message.raw_message
-    if isinstance(raw["data"], dict):  # the claimer's single entry
-        return [(raw["message_ids"][0], raw["data"])]
     return list(zip(raw["message_ids"], raw["data"], strict=True))
 
 
 def claimer_name(reader: str) -> str:
-    """The claimer subscriber's consumer name, beside its reader's."""
+    """The claimer's consumer name, beside its reader's."""
     return reader + "-claimer"
 
 
@@ -332,21 +377,10 @@ def build(settings: Settings, signals: list[int] | None = None) -> FastStream:
         max_records=settings.batch_size,
         polling_interval=settings.batch_block_ms,
     )
-    claimer = StreamSub(
-        settings.stream_key,
-        group=settings.consumer_group,
-        consumer=claimer_name(worker.name),
-        min_idle_time=settings.claim_idle_ms,
-        polling_interval=settings.claim_interval_ms,
-    )
 
     @broker.subscriber(stream=reader, parser=_raw, decoder=_no_decode, ack_policy=AckPolicy.MANUAL)
     async def on_batch(body: Any, message: StreamMessage[Any] = Context()) -> None:
         await worker.handle(_entries(message), claimed=False)
-
-    @broker.subscriber(stream=claimer, parser=_raw, decoder=_no_decode, ack_policy=AckPolicy.MANUAL)
-    async def on_claimed(body: Any, message: StreamMessage[Any] = Context()) -> None:
-        await worker.handle(_entries(message), claimed=True)
 
     app = FastStream(broker)
 
@@ -369,11 +403,13 @@ def build(settings: Settings, signals: list[int] | None = None) -> FastStream:
         worker.coldstart_task = asyncio.create_task(
             coldstart.run(worker.redis, worker.pg, settings)
         )
+        worker.claim_task = asyncio.create_task(worker.claim_idle())
         log.info("consumer %s reading %s", worker.name, settings.stream_key)
 
     @app.on_shutdown
     async def stopping() -> None:
         worker.stopping = True
+        worker.stop_claiming.set()
 
     @app.after_shutdown
     async def disconnect() -> None:
