@@ -147,16 +147,28 @@ class BoardCache:
 
     async def reload(self) -> None:
         """Load every board now."""
+        await self._refresh(time.monotonic())
+
+    async def _refresh(self, asked_at: float) -> None:
+        """Load every board, unless a load that began at or after `asked_at` (and so saw
+        every change committed before it) finished while this caller waited for the lock.
+
+        When the TTL runs out under load, every request in flight finds the cache stale at
+        once; each reloading in turn queued them all behind one Postgres query apiece."""
         async with self._lock:
+            if self._loaded_at >= asked_at:
+                return
+            started = time.monotonic()
             self._boards = await load_all(self._pg)
-            self._loaded_at = time.monotonic()
+            self._loaded_at = started  # the age of what was read: from the query's start
 
     async def get(self, board_id: str) -> Board:
         """The board, or UnknownBoard."""
-        age = time.monotonic() - self._loaded_at
+        now = time.monotonic()
+        age = now - self._loaded_at
         board = self._boards.get(board_id)
         if age > self._ttl_s or (board is None and age > self.MISS_RELOAD_S):
-            await self.reload()
+            await self._refresh(now)
             board = self._boards.get(board_id)
         if board is None:
             raise UnknownBoard(board_id)
@@ -165,9 +177,10 @@ class BoardCache:
     async def ensure(self, board_ids: set[str]) -> None:
         """Reload unless every board is cached and the cache is fresh (no miss throttle:
         for callers that must not take a board created a moment ago for an unknown one)."""
-        stale = time.monotonic() - self._loaded_at > self._ttl_s
+        now = time.monotonic()
+        stale = now - self._loaded_at > self._ttl_s
         if stale or not board_ids <= self._boards.keys():
-            await self.reload()
+            await self._refresh(now)
 
     def put(self, board: Board) -> None:
         """Record a board this process just created or changed."""
