@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +15,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import redis as redis_py
 
 from loadtest import dataset, limits, procstat, reads, results, summary, wrk
 from loadtest.records import DataRecord, Latency, RunRecord, SuiteResult, Usage
@@ -302,3 +305,18 @@ def test_an_ingest_runs_single_consumer_profile_renders() -> None:
     profile = {"samples": 4, "self": [{"function": "fold (service/combine.py)", "share": 0.25}]}
     lines = results._profile({"scenario": "ingest", "profile": profile})
     assert lines[-1] == "- consumer: fold (service/combine.py) 25.0%"
+
+
+def test_the_redis_py_probe_reports_its_version_and_both_calls(settings: Any) -> None:
+    """`clients` runs the probe under other redis-py versions; here under the installed one."""
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-m", "loadtest.redispy_probe", settings.redis_url, "640", "64"],
+        cwd=repo, capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["version"] == redis_py.__version__
+    assert set(found["figures"]) == {"ZREVRANK", "pipelined ZREVRANK + ZSCORE"}
+    for figures in found["figures"].values():
+        assert figures["calls_per_s"] > 0
+        assert figures["client_cpu_us"] > 0
