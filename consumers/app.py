@@ -81,7 +81,9 @@ class Worker:
         """Connect, and create the group at 0 so entries accepted before any consumer
         existed are read too (FastStream would create it at `$`)."""
         self.redis = redis_client(self.settings)
-        self.pg = await pg_pool(self.settings)
+        # No session reset on release: one round trip less per lane transaction, each on a
+        # batch's critical path; nothing here changes session state (see pg_pool).
+        self.pg = await pg_pool(self.settings, session_reset=False)
         self.pipeline = Pipeline(self.settings, self.redis, self.pg)
         await stream.ensure_group(
             self.redis, self.settings.stream_key, self.settings.consumer_group

@@ -38,13 +38,25 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-async def pg_pool(settings: Settings, url: str | None = None) -> asyncpg.Pool:
-    """An asyncpg pool with the jsonb codec installed."""
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without the session reset (asyncpg has rolled back any open transaction)."""
+
+
+async def pg_pool(
+    settings: Settings, url: str | None = None, *, session_reset: bool = True
+) -> asyncpg.Pool:
+    """An asyncpg pool with the jsonb codec installed.
+
+    `session_reset=False` for a process whose statements change no session state (only SET
+    LOCAL and SET TRANSACTION, no advisory locks, LISTEN or cursors outside a transaction):
+    asyncpg's reset query on every release (advisory unlock, CLOSE ALL, UNLISTEN, RESET
+    ALL) is then a round trip with nothing to undo."""
     pool = await asyncpg.create_pool(
         url or settings.database_url,
         min_size=settings.pg_pool_min,
         max_size=settings.pg_pool_max,
         init=_init_connection,
+        reset=None if session_reset else _keep_session,
         command_timeout=30,
     )
     assert pool is not None
