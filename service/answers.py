@@ -9,7 +9,7 @@ on a board Redis knows (its revision counter exists) simply has no players: the 
 empty. Any other missing set (a past period that expired, Redis restarted empty) and a
 Redis that cannot be reached are answered from Postgres. GET answers carry a weak ETag
 made of the board's revision counter and the request; answers read from Redis are kept in
-the page cache until the board changes.
+the page cache until the board changes, those read from Postgres for the cache's lifetime.
 """
 
 from __future__ import annotations
@@ -133,16 +133,19 @@ async def cached(
     """A GET's page from the cache, or read (and cached when read from Redis); None and
     the source when the answer is "no such entry" (an unranked player)."""
     key = cache_key(path, query, target)
-    found = services.pages.get(key)
+    pages = services.pages
+    found = pages.get(key) or pages.get_fallback(key)
     if found is not None:
         return found, found.source
-    generation = services.pages.generation(target.board.id)
+    generation = pages.generation(target.board.id)
     answer, source, revision = await read(services, target, from_redis, from_pg, empty)
     if answer is None:
         return None, source
     fresh = page(True, answer, source, revision)
     if source == "redis":
-        services.pages.put(key, target.board.id, generation, fresh)
+        pages.put(key, target.board.id, generation, fresh)
+    else:
+        pages.put_fallback(key, fresh)
     return fresh, source
 
 

@@ -6,6 +6,12 @@ board goes) reach every API process over one subscription. Changes that send no
 notification (a FLUSHALL, a restart of Redis) are covered by a short lifetime: no entry
 outlives `ttl_s`, the same staleness `Cache-Control: max-age` already grants clients.
 While the subscription is down, nothing is served from the cache.
+
+Answers read from Postgres (Redis down, a set missing) are kept apart, for `ttl_s` only,
+whether or not notifications flow: at a million players such a read takes ~0.1 s of
+Postgres, so a Redis outage under the usual polling would queue every reader behind the
+database; with this, each page costs one read a second per process. Nobody is told when
+these go stale, so the lifetime alone bounds it, as `Cache-Control: max-age` does.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ class PageCache:
         self._ttl_s = ttl_s
         self._max_entries = max_entries
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self._fallback: OrderedDict[str, tuple[Page, float]] = OrderedDict()
         self._generations: dict[str, int] = {}
         self._connected = False
         self._task: asyncio.Task[None] | None = None
@@ -88,6 +95,26 @@ class PageCache:
         self._slots.move_to_end(key)
         while len(self._slots) > self._max_entries:
             self._slots.popitem(last=False)
+
+    def get_fallback(self, key: str) -> Page | None:
+        """A page read from Postgres less than `ttl_s` ago, or None."""
+        found = self._fallback.get(key)
+        if found is None:
+            return None
+        if time.monotonic() - found[1] >= self._ttl_s:
+            del self._fallback[key]
+            return None
+        return found[0]
+
+    def put_fallback(self, key: str, page: Page) -> None:
+        """Remember a page read from Postgres, for `ttl_s` (kept only when the cache is
+        configured on: `ttl_s` > 0)."""
+        if self._ttl_s <= 0:
+            return
+        self._fallback[key] = (page, time.monotonic())
+        self._fallback.move_to_end(key)
+        while len(self._fallback) > self._max_entries:
+            self._fallback.popitem(last=False)
 
     def invalidate(self, board: str) -> None:
         """The board changed: its pages are stale."""

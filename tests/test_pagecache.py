@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -11,9 +12,10 @@ import pytest
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from service import keys
+from service import embedded, keys, pgranking
 from service.app import create_app
 from service.settings import Settings
+from tests.conftest import Servers
 from tests.test_rankings import Seed, make_board, seed
 
 
@@ -104,3 +106,48 @@ async def test_other_boards_keep_their_pages(
     assert await _top(cached, two.id) == [("b", 2)]
     assert await _evalsha_calls(redis) == before + 1  # only the seed's apply script
     assert await _top(cached, one.id) == [("a", 5)]
+
+
+async def test_postgres_answers_are_kept_for_the_lifetime_while_redis_is_down(
+    cached: AsyncTestClient,  # type: ignore[type-arg]
+    redis: Redis,
+    pg: asyncpg.Connection,
+    servers: Servers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    board = await make_board(cached)
+    await seed(pg, redis, board, [Seed("a", 10), Seed("b", 20)])
+    calls: list[str] = []
+    real_top = pgranking.top
+
+    async def counted_top(*args: Any, **kwargs: Any) -> Any:
+        calls.append("top")
+        return await real_top(*args, **kwargs)
+
+    monkeypatch.setattr(pgranking, "top", counted_top)
+    embedded.stop(servers.redis)
+    try:
+        url = f"/v1/leaderboards/{board.id}/top?limit=5"
+        answers = [await cached.get(url) for _ in range(5)]
+        assert [a.headers["x-rankstream-source"] for a in answers] == ["postgres"] * 5
+        assert {a.content for a in answers} == {answers[0].content}
+        assert [(e["player_id"], e["score"]) for e in answers[0].json()["entries"]] == [
+            ("b", 20),
+            ("a", 10),
+        ]
+        assert calls == ["top"]  # one Postgres read for five answers
+        # Nobody says when a Postgres answer goes stale: the lifetime (2 s here) ends it.
+        await pg.execute(
+            "UPDATE player_scores SET score = 30, version = version + 1 "
+            "WHERE board_id = $1 AND player_id = 'a'",
+            board.id,
+        )
+        await asyncio.sleep(2.1)
+        after = await cached.get(url)
+        assert calls == ["top", "top"]
+        assert [(e["player_id"], e["score"]) for e in after.json()["entries"]] == [
+            ("a", 30),
+            ("b", 20),
+        ]
+    finally:
+        embedded.ensure_redis(servers.data_dir, servers.redis.port)
