@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Literal
 
@@ -26,15 +27,26 @@ class KeyCache:
         self._ttl_s = ttl_s
         self._bootstrap = bootstrap_admin_key
         self._cache: dict[str, tuple[float, apikeys.StoredKey | None]] = {}
+        self._lookups: dict[str, asyncio.Task[apikeys.StoredKey | None]] = {}
 
     async def stored(self, key: str) -> apikeys.StoredKey | None:
         """Role and signing secret of a live key, or None."""
         if self._bootstrap and key == self._bootstrap:
             return _BOOTSTRAP
-        now = time.monotonic()
         hit = self._cache.get(key)
-        if hit and now - hit[0] < self._ttl_s:
+        if hit and time.monotonic() - hit[0] < self._ttl_s:
             return hit[1]
+        # One lookup per key at a time: a game server's key is in every one of its
+        # concurrent requests, which would otherwise all query Postgres when it expires.
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._lookup(key))
+            self._lookups[key] = lookup
+            lookup.add_done_callback(lambda _: self._lookups.pop(key, None))
+        return await asyncio.shield(lookup)  # a caller that gives up leaves it to the rest
+
+    async def _lookup(self, key: str) -> apikeys.StoredKey | None:
+        now = time.monotonic()
         found = await apikeys.lookup(self._pg, key)
         if len(self._cache) > 10_000:
             self._cache.clear()
