@@ -137,7 +137,6 @@ class Pipeline:
         """One lane's transaction: claim and record its events, upsert their scores;
         (changed rows, new events)."""
         async with self.pg.acquire() as conn, conn.transaction():
-            await _lock_boards(conn, {e.board_id for e in unique})
             banned = await _record_events(conn, unique)
             new = [e for e in unique if e.event_id in banned]
             old = [e for e in unique if e.event_id not in banned]
@@ -186,18 +185,15 @@ class BoardGone(Exception):
     unknown and its entries are dead-lettered)."""
 
 
-async def _lock_boards(conn: asyncpg.Connection, board_ids: set[str]) -> None:
-    """Hold the boards' rows against deletion until the commit; BoardGone if one is gone.
-    What the foreign key's per-row check did before (sql/004): no row of a deleted board is
-    ever written, since a deletion takes the row first and deletes the rows after it."""
-    found = {r["id"] for r in await conn.fetch(queries.LOCK_BOARDS, sorted(board_ids))}
-    if missing := board_ids - found:
-        raise BoardGone(", ".join(sorted(missing)))
-
-
 async def _record_events(conn: asyncpg.Connection, events: list[ScoreEvent]) -> dict[str, bool]:
-    """Claim the events' ids and record the new events; new event_id -> player banned."""
+    """Hold the events' boards against deletion until the commit (BoardGone if one is gone),
+    claim the events' ids and record the new events; new event_id -> player banned.
+
+    The board lock is what the foreign key's per-row check did before (sql/004): no row of
+    a deleted board is ever written, since a deletion takes the board row first and deletes
+    the rows after it."""
     events = sorted(events, key=lambda e: e.event_id)  # one lock order for all consumers
+    board_ids = {e.board_id for e in events}
     rows = await conn.fetch(
         queries.RECORD_NEW_EVENTS,
         *_json_columns(
@@ -206,8 +202,11 @@ async def _record_events(conn: asyncpg.Connection, events: list[ScoreEvent]) -> 
                 for e in events
             ]
         ),
+        sorted(board_ids),
     )
-    return {r["event_id"]: r["banned"] for r in rows}
+    if missing := board_ids - {r["board_id"] for r in rows}:
+        raise BoardGone(", ".join(sorted(missing)))
+    return {r["event_id"]: r["banned"] for r in rows if r["event_id"] is not None}
 
 
 async def _record(

@@ -35,11 +35,13 @@ GROUP BY window_name, period
 
 # --- ingest (one transaction per batch) -----------------------------------------------------
 
-# First statement of every transaction that writes player_scores rows (player_scores has no
-# foreign key to leaderboards, sql/004): the boards' rows locked against deletion until the
-# commit, once per transaction instead of once per row. The ids found; a missing one means
-# the board is deleted (or being deleted: the lock waited for that to commit).
-LOCK_BOARDS = "SELECT id FROM leaderboards WHERE id = ANY($1::text[]) FOR KEY SHARE"
+# Taken by every transaction that writes player_scores rows, before it writes them
+# (player_scores has no foreign key to leaderboards, sql/004): the boards' rows locked
+# against deletion until the commit, once per transaction instead of once per row. The ids
+# found; a missing one means the board is deleted (or being deleted: the lock waited for
+# that to commit). The consumer's lanes take it inside RECORD_NEW_EVENTS.
+_LOCK_BOARDS = "SELECT id FROM leaderboards WHERE id = ANY(${}::text[]) FOR KEY SHARE"
+LOCK_BOARDS = _LOCK_BOARDS.format(1)
 
 # A batch's rows travel as one JSON array per column, unpacked by the server side by side
 # (ROWS FROM): asyncpg spends ~2 µs of client CPU per element encoding a Postgres array (an
@@ -57,12 +59,18 @@ def _columns(*names: str) -> str:
     return f"ROWS FROM ({functions}) AS r({', '.join(names)})"
 
 
-# A batch's events in one statement: claim the event ids (a retried or redelivered
-# event_id conflicts and is left out), record the new events, and answer each new event
-# with whether its player is banned. One round trip instead of three.
-# $1..$6 JSON columns: event_id, board_id, player_id, score, accepted_ms, request_id
+# A lane's first statement: lock its boards (LOCK_BOARDS), claim the event ids (a retried or
+# redelivered event_id conflicts and is left out), record the new events, and answer each
+# new event with whether its player is banned. One round trip instead of four. Rows are
+# (event_id, banned, NULL) per new event and (NULL, NULL, board id) per board locked; a
+# board missing fails the transaction, so what the statement wrote for it is rolled back
+# whichever part ran first.
+# $1..$6 JSON columns: event_id, board_id, player_id, score, accepted_ms, request_id;
+# $7 the boards' ids.
 RECORD_NEW_EVENTS = f"""
-WITH e AS (
+WITH locked AS (
+    {_LOCK_BOARDS.format(7)}
+), e AS (
     SELECT event_id, board_id, player_id, score::bigint AS score,
            {_MS_TO_TIMESTAMPTZ.format("accepted_ms::bigint")} AS accepted_at, request_id
     FROM {_columns("event_id", "board_id", "player_id", "score", "accepted_ms", "request_id")}
@@ -76,9 +84,11 @@ WITH e AS (
     SELECT e.* FROM e JOIN claimed USING (event_id)
     RETURNING event_id, player_id
 )
-SELECT r.event_id, coalesce(pl.banned, false) AS banned
+SELECT r.event_id, coalesce(pl.banned, false) AS banned, NULL AS board_id
 FROM recorded r
 LEFT JOIN players pl ON pl.player_id = r.player_id
+UNION ALL
+SELECT NULL, NULL, id FROM locked
 """
 
 # One statement per operator: the combination rule is the only difference. Each takes the
