@@ -26,6 +26,7 @@ from loadtest import dataset, machine, profiling, pyclient, results, wrk
 from loadtest.stack import (
     BOARD_ID,
     PLAYER_PREFIX,
+    REALISTIC_CLIENTS,
     Harness,
     add_stack_arguments,
     copy_players,
@@ -68,7 +69,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="after the measured runs, py-spy the 1-worker API for SECONDS per scenario",
     )
     p.add_argument("--python-client", action="store_true", help="use the Python client, not wrk")
-    add_stack_arguments(p)
+    p.add_argument(
+        "--tag",
+        default="",
+        help="suffix of the results file and section (e.g. `limits`), so that a run made to "
+        "compare does not replace the day's reads results",
+    )
+    add_stack_arguments(p, realistic=True)
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -153,8 +160,13 @@ def _drive(
             base_url=base, kind=kind, board=BOARD_ID, players=args.players, prefix=PREFIX,
             query=query, connections=args.connections, duration_s=seconds,
         )  # fmt: skip
+    clients = REALISTIC_CLIENTS if args.rate_limits == "realistic" else 0
     load = wrk.Workload(
-        weights={kind: 1}, board_ids=(BOARD_ID,), players=args.players, prefix=PREFIX
+        weights={kind: 1},
+        board_ids=(BOARD_ID,),
+        players=args.players,
+        prefix=PREFIX,
+        clients=clients,
     )
     lua = wrk.script(folder, kind, load)
     return wrk.run(binary, base, lua, args.connections, args.threads, seconds)
@@ -177,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"load generator: {generator}", flush=True)
     sampler = machine.LoadSampler().start()
     out: dict[str, Any] = {
-        "scenario": "reads",
+        "scenario": "reads" + (f" ({args.tag})" if args.tag else ""),
         "started_at": started_at,
         "machine": info,
         "load": {"at_start": load_start, "busy_processes_at_start": busy},
@@ -232,7 +244,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         failed = False
     out["load"].update(sampler.stop())
-    path = results.write("reads", out)
+    path = results.write(
+        "reads", out, name=results.stem("reads") + (f"-{args.tag}" if args.tag else "")
+    )
     print(f"results: {path}\n{results.RESULTS_MD}", flush=True)
     return 1 if failed else 0
 

@@ -154,16 +154,25 @@ class Harness:
         env.update(overrides)
         return env
 
-    rate_limits = "off"  # "off": disabled; "high": on, with limits no benchmark reaches
+    # "off": disabled; "high": on, with limits no benchmark reaches; "realistic": the
+    # default limits, 127.0.0.1 trusted as a proxy, the load generator sending
+    # X-Forwarded-For from REALISTIC_CLIENTS addresses (see `wrk.Workload.clients`).
+    rate_limits = "off"
 
     def rate_limit_env(self) -> dict[str, str]:
         """One client on 127.0.0.1 would hit the per-IP and per-key limits at once, so the
-        benchmark turns them off (or sets them out of reach), when this version has them."""
+        benchmark turns them off, sets them out of reach, or (realistic) spreads its
+        requests over many forwarded client addresses, when this version has limits."""
         fields = set(Settings.__struct_fields__)
         if "rate_limits_enabled" not in fields:
             return {}
         if self.rate_limits == "off":
             return {"RANKSTREAM_RATE_LIMITS_ENABLED": "false"}
+        if self.rate_limits == "realistic":
+            return {
+                "RANKSTREAM_RATE_LIMITS_ENABLED": "true",
+                "RANKSTREAM_TRUSTED_PROXIES": "127.0.0.1",
+            }
         return {
             "RANKSTREAM_" + name.upper(): "100000000/second"
             for name in fields
@@ -259,14 +268,27 @@ class Harness:
 PLAYER_PREFIX = "player-"
 
 
-def add_stack_arguments(p: argparse.ArgumentParser, rate_limits: bool = True) -> None:
-    """The options of every scenario that starts its own stack here."""
+# Distinct client addresses of a realistic run: at 20,000 req/s for a minute, about 12
+# requests each, far under the default per-IP limits (300 and 600 a minute).
+REALISTIC_CLIENTS = 100_000
+
+
+def add_stack_arguments(
+    p: argparse.ArgumentParser, rate_limits: bool = True, realistic: bool = False
+) -> None:
+    """The options of every scenario that starts its own stack here; `realistic` for those
+    whose load generator can send forwarded client addresses."""
     if rate_limits:
         p.add_argument(
             "--rate-limits",
-            choices=["off", "high"],
+            choices=["off", "high", "realistic"] if realistic else ["off", "high"],
             default="off",
-            help="API rate limits: off (default) or on with out-of-reach limits",
+            help="API rate limits: off (default), on with out-of-reach limits"
+            + (
+                f", or realistic: the default limits, {REALISTIC_CLIENTS:,} client addresses"
+                if realistic
+                else ""
+            ),
         )
     p.add_argument("--no-fsync", action="store_true", help="embedded PostgreSQL with fsync=off")
     p.add_argument("--keep-data", action="store_true", help="keep the temporary data folder")

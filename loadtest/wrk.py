@@ -47,6 +47,7 @@ class Workload:
     cursors: tuple[tuple[str, str], ...] = ()  # (board, next_cursor) pairs to page after
     key: str = ""  # Bearer key for submissions
     tag: str = "lt"  # event_id prefix, unique to the run
+    clients: int = 0  # reads carry X-Forwarded-For from this many addresses; 0: none
 
     def check(self) -> None:
         unknown = set(self.weights) - set(KINDS)
@@ -58,6 +59,8 @@ class Workload:
             raise ValueError("a submitting workload needs a key")
         if self.players < len(self.board_ids) or not self.board_ids:
             raise ValueError("every board needs at least one player")
+        if not 0 <= self.clients <= 1 << 24:
+            raise ValueError(f"clients must be within 10.0.0.0/8: {self.clients}")
 
     @property
     def submits(self) -> bool:
@@ -78,6 +81,7 @@ local nfriends = __FRIENDS__
 local batch = __BATCH__
 local auth = __AUTH__
 local tag = __TAG__
+local clients = __CLIENTS__
 local nb = #boards
 
 local total = 0
@@ -102,6 +106,17 @@ local submit_headers = {["Content-Type"] = "application/json", ["Authorization"]
 local function player()
   local i = math.random(0, players - 1)
   return prefix .. i, boards[(i % nb) + 1]
+end
+
+-- a read's headers: X-Forwarded-For from one of `clients` addresses (10.0.0.0/8), so the
+-- API, trusting 127.0.0.1 as a proxy, counts each against that client's own limits
+local function read_headers(base)
+  if clients == 0 then return base end
+  local i = math.random(0, clients - 1)
+  local h = {["X-Forwarded-For"] = "10." .. math.floor(i / 65536) .. "." ..
+    (math.floor(i / 256) % 256) .. "." .. (i % 256)}
+  if base then for k, v in pairs(base) do h[k] = v end end
+  return h
 end
 
 local function window(sep)
@@ -139,22 +154,24 @@ end
 local function build(kind)
   if kind == "top" then
     local b = boards[math.random(nb)]
-    return wrk.format("GET", "/v1/leaderboards/" .. b .. "/top?limit=" .. top_limit .. window("&"))
+    return wrk.format("GET", "/v1/leaderboards/" .. b .. "/top?limit=" .. top_limit .. window("&"),
+      read_headers())
   elseif kind == "cursor" then
     local c = cursors[math.random(#cursors)]
     return wrk.format("GET", "/v1/leaderboards/" .. c[1] .. "/top?limit=" .. top_limit ..
-      "&cursor=" .. c[2] .. window("&"))
+      "&cursor=" .. c[2] .. window("&"), read_headers())
   elseif kind == "rank" then
     local pid, b = player()
-    return wrk.format("GET", "/v1/leaderboards/" .. b .. "/players/" .. pid .. window("?"))
+    return wrk.format("GET", "/v1/leaderboards/" .. b .. "/players/" .. pid .. window("?"),
+      read_headers())
   elseif kind == "around" then
     local pid, b = player()
     return wrk.format("GET", "/v1/leaderboards/" .. b .. "/players/" .. pid ..
-      "/around?radius=" .. radius .. window("&"))
+      "/around?radius=" .. radius .. window("&"), read_headers())
   elseif kind == "friends" then
     local f = friend_bodies[math.random(#friend_bodies)]
     return wrk.format("POST", "/v1/leaderboards/" .. f[1] .. "/ranks" .. window("?"),
-      json_headers, f[2])
+      read_headers(json_headers), f[2])
   elseif kind == "submit" then
     local pid, b = player()
     return wrk.format("POST", "/v1/leaderboards/" .. b .. "/scores", submit_headers,
@@ -235,6 +252,7 @@ def lua_text(load: Workload) -> str:
         "__BATCH__": _lua(load.batch),
         "__AUTH__": _lua(f"Bearer {load.key}" if load.key else ""),
         "__TAG__": _lua(load.tag),
+        "__CLIENTS__": _lua(load.clients),
         "__MARK__": MARK,
     }
     text = _LUA
