@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from service import apikeys
 from service.app import create_app
-from service.ratelimit import client_ip, parse_networks
+from service.ratelimit import RateLimits, client_ip, parse_networks
 from service.settings import Settings
 from tests.support import ADMIN
 
@@ -321,3 +321,31 @@ async def test_limits_hold_across_two_worker_processes(
     assert len(served) == 2 and all(n > 0 for n in served), served
     assert sum(served) == 120
     assert 'rankstream_rate_limited_total{limit="board_queries"} 80.0' in metrics
+
+
+async def test_pipelined_hit_counts_as_the_library_and_survives_lost_scripts(
+    settings: Settings, redis: Redis
+) -> None:
+    limits = RateLimits(
+        msgspec.structs.replace(settings, rate_limit_rank_lookups="3/minute"), redis
+    )
+    assert limits.pipelined is not None  # the default moving window takes one round trip
+    item = limits.items["rank_lookups"][0]
+    try:
+        check = [("rank_lookups", "203.0.113.9")]
+        first = await limits.check(check)
+        assert first is not None and first.allowed and first.remaining == 2
+        assert 59 <= first.reset_s <= 60
+        # Redis no longer knows the hit script (restarted, SCRIPT FLUSH): the library's
+        # own calls load it again, and the count goes on.
+        limits.pipelined.bridge.lua_acquire_moving_window.sha = "0" * 40
+        second = await limits.check(check)
+        assert second is not None and second.allowed and second.remaining == 1
+        third = await limits.check(check)
+        assert third is not None and third.allowed and third.remaining == 0
+        refused = await limits.check(check)
+        assert refused is not None and not refused.allowed and refused.remaining == 0
+        stats = await limits.limiter.get_window_stats(item, "rank_lookups", "203.0.113.9")
+        assert stats.remaining == 0
+    finally:
+        await limits.close()
