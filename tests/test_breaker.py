@@ -43,7 +43,8 @@ async def test_redis_down_fails_fast_and_reads_go_to_postgres(
     board = await make_board(client)
     await seed(pg, redis, board, [Seed("a", 10), Seed("b", 20)])
     submit = f"/v1/leaderboards/{board.id}/scores"
-    embedded.stop(servers.redis)
+    # The running server: an earlier test may have restarted it (a new pid).
+    embedded.stop(embedded.ensure_redis(servers.data_dir, servers.redis.port))
     try:
         details = []
         for _ in range(7):

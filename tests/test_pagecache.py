@@ -130,7 +130,8 @@ async def test_postgres_answers_are_kept_for_the_lifetime_while_redis_is_down(
     async with AsyncTestClient(app=create_app(tuned)) as client:
         board = await make_board(client)
         await seed(pg, redis, board, [Seed("a", 10), Seed("b", 20)])
-        embedded.stop(servers.redis)
+        # The running server: an earlier test may have restarted it (a new pid).
+        embedded.stop(embedded.ensure_redis(servers.data_dir, servers.redis.port))
         try:
             url = f"/v1/leaderboards/{board.id}/top?limit=5"
             answers = [await client.get(url) for _ in range(5)]
