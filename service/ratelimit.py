@@ -40,6 +40,7 @@ from redis.asyncio import Redis
 from service import metrics
 from service.settings import Settings
 from service.windowhit import MovingWindowHits
+from service.wire import ReadLink
 
 log = logging.getLogger("rankstream.ratelimit")
 
@@ -106,7 +107,9 @@ def storage_uri(redis_url: str) -> str:
 class RateLimits:
     """The limiter of one process: parsed limits, Redis storage and the window strategy."""
 
-    def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
+    def __init__(
+        self, settings: Settings, redis: Redis | None = None, link: ReadLink | None = None
+    ) -> None:
         self.enabled = settings.rate_limits_enabled
         self.proxies = parse_networks(settings.trusted_proxies)
         self.ip_header = settings.client_ip_header
@@ -138,7 +141,7 @@ class RateLimits:
         )
         self.limiter = strategy(self.storage)
         # The hot reads' hit and stats in one round trip instead of two (moving window).
-        self.pipelined = MovingWindowHits.of(self.limiter)
+        self.pipelined = MovingWindowHits.of(self.limiter, link)
 
     async def check(self, checks: Iterable[tuple[RouteClass, str]]) -> Decision | None:
         """Count one hit against every (route class, identity); the tightest outcome.

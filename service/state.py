@@ -37,15 +37,16 @@ class Services:
     @classmethod
     def build(cls, settings: Settings, redis: Redis, pg: asyncpg.Pool) -> Services:
         """Wire caches to the clients."""
+        reads = ReadLink(settings.redis_url)
         return cls(
             settings=settings,
             redis=redis,
-            reads=ReadLink(settings.redis_url),
+            reads=reads,
             pg=pg,
             boards=BoardCache(pg, settings.board_cache_ttl_s),
             keys=KeyCache(pg, settings.bootstrap_admin_key, settings.key_cache_ttl_s),
             backlog=Backlog(redis, settings.stream_key, settings.max_stream_lag),
-            limits=RateLimits(settings, redis),
+            limits=RateLimits(settings, redis, reads),
             pages=PageCache(redis, settings.page_cache_ttl_s),
             breakers=Breakers(),
             pools=PoolSampler(redis, pg),

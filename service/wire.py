@@ -134,6 +134,21 @@ class ReadLink:
             conn = await self._connect(slot)
         return await conn.send(resp.command(*map(_bytes, args)))
 
+    async def execute_many(self, *commands: tuple[Arg, ...]) -> list[Any]:
+        """Commands on one connection, in order, in one write; their replies. An error reply
+        is raised (the first) once every reply has arrived."""
+        slot = self._next
+        self._next = (slot + 1) % self._size
+        conn = self._connections[slot]
+        if conn is None or conn.closed:
+            conn = await self._connect(slot)
+        sent = [conn.send(resp.command(*map(_bytes, args))) for args in commands]
+        replies = await asyncio.gather(*sent, return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
+
     async def evalsha(self, sha: str, numkeys: int, *args: Arg) -> Any:
         """EVALSHA, as redis-py's (NoScriptError when the script is not loaded)."""
         return await self.execute("EVALSHA", sha, numkeys, *args)

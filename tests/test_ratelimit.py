@@ -25,6 +25,7 @@ from service import apikeys
 from service.app import create_app
 from service.ratelimit import RateLimits, client_ip, parse_networks
 from service.settings import Settings
+from service.wire import ReadLink
 from tests.support import ADMIN
 
 CLIENT_KEY = "rs_test-client-key"
@@ -323,13 +324,16 @@ async def test_limits_hold_across_two_worker_processes(
     assert 'rankstream_rate_limited_total{limit="board_queries"} 80.0' in metrics
 
 
+@pytest.mark.parametrize("on_link", [False, True], ids=["redis-py", "read-link"])
 async def test_pipelined_hit_counts_as_the_library_and_survives_lost_scripts(
-    settings: Settings, redis: Redis
+    settings: Settings, redis: Redis, on_link: bool
 ) -> None:
+    link = ReadLink(settings.redis_url) if on_link else None
     limits = RateLimits(
-        msgspec.structs.replace(settings, rate_limit_rank_lookups="3/minute"), redis
+        msgspec.structs.replace(settings, rate_limit_rank_lookups="3/minute"), redis, link
     )
     assert limits.pipelined is not None  # the default moving window takes one round trip
+    assert limits.pipelined.link is link
     item = limits.items["rank_lookups"][0]
     try:
         check = [("rank_lookups", "203.0.113.9")]
@@ -347,5 +351,9 @@ async def test_pipelined_hit_counts_as_the_library_and_survives_lost_scripts(
         assert refused is not None and not refused.allowed and refused.remaining == 0
         stats = await limits.limiter.get_window_stats(item, "rank_lookups", "203.0.113.9")
         assert stats.remaining == 0
+        if link is not None:  # the checks went out on the link
+            assert any(conn is not None for conn in link._connections)
     finally:
         await limits.close()
+        if link is not None:
+            await link.aclose()

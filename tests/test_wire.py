@@ -88,3 +88,14 @@ async def test_database_number_and_password_from_the_url(settings: Settings, red
     finally:
         await other.flushdb()
         await other.aclose()
+
+
+async def test_execute_many_sends_in_order_on_one_connection(link: ReadLink, redis: Redis) -> None:
+    replies = await link.execute_many(("SET", "seq", "1"), ("INCR", "seq"), ("GET", "seq"))
+    assert replies == [b"OK", 2, b"2"]
+    await redis.hset("h", "f", "v")
+    # An error reply is raised once all replies are in; the commands after it still ran.
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await link.execute_many(("INCR", "seq"), ("INCR", "h"), ("INCR", "seq"))
+    assert await redis.get("seq") == b"4"
+    assert await link.execute("GET", "seq") == b"4"  # still in step
