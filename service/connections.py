@@ -2,20 +2,51 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
+from collections.abc import Iterable
+
 import asyncpg
 import msgspec
 from redis import exceptions as redis_exceptions
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from service.settings import Settings
 
 
+class CancellableConnection(Connection):
+    """redis-py's connection, with its write timeout kept by `asyncio.timeout`.
+
+    With a socket timeout (redis-py 8 sets 5 s by default) redis-py writes every command
+    inside `asyncio.wait_for`, which on Python 3.11 drops a cancellation that arrives as
+    the awaited write finishes (CPython gh-86296, fixed in 3.12). A write finishes at once,
+    so most cancellations of a task busy with Redis were lost: 1 in 3 of a loop of
+    commands cancelled at random, and the consumer's upkeep loop ran on after SIGTERM."""
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        timeout = self.socket_timeout
+        if not timeout or sys.version_info >= (3, 12):
+            await super().send_packed_command(command, check_health)
+            return
+        self.socket_timeout = None  # redis-py's write path without wait_for
+        try:
+            async with asyncio.timeout(timeout):
+                await super().send_packed_command(command, check_health)
+        except TimeoutError:  # as redis-py's own: the connection is closed by then
+            raise redis_exceptions.TimeoutError("Timeout writing to socket") from None
+        finally:
+            self.socket_timeout = timeout
+
+
 def redis_client(settings: Settings, url: str | None = None) -> Redis:
     """A Redis client on a blocking pool: when all connections are busy, callers wait."""
     pool = BlockingConnectionPool.from_url(
         url or settings.redis_url,
+        connection_class=CancellableConnection,
         max_connections=settings.redis_pool_size,
         timeout=settings.redis_pool_timeout_s,
         socket_connect_timeout=2.0,
