@@ -34,7 +34,7 @@ from consumers import upkeep
 from consumers.dead_letters import dead_letter
 from consumers.exposition import serve as serve_metrics
 from consumers.pipeline import Entry, Outcome, Persisted, Pipeline
-from service import coldstart, logs, metrics, resp, stream
+from service import background, coldstart, logs, metrics, resp, stream
 from service.connections import pg_pool, redis_client
 from service.settings import Settings
 from service.up import child_env
@@ -100,10 +100,7 @@ class Worker:
         with contextlib.suppress(*TRANSIENT, redis.exceptions.ResponseError):
             await asyncio.wait_for(self._finish_own_pending(), STOP_DRAIN_S)
         for task in (self.upkeep_task, self.coldstart_task):
-            if task:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await background.cancel_and_wait(task)
         await self.pg.close()
         await self.redis.aclose()
 

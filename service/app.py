@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +13,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
-from service import logs, metrics, problems, stream
+from service import background, logs, metrics, problems, stream
 from service.connections import pg_pool, redis_client
 from service.hotreads import HotReads
 from service.hygiene import Hygiene
@@ -48,9 +47,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         try:
             yield
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            await background.cancel_and_wait(flusher)
             await services.close()
 
     def provide_services(state: State) -> Services:

@@ -47,7 +47,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service import boards, keys, periods, rankcache, rebuild
+from service import background, boards, keys, periods, rankcache, rebuild
 from service.models import Board, Window
 from service.settings import Settings
 
@@ -144,10 +144,10 @@ async def locked(redis: Redis, name: str, ttl_ms: int = LOCK_TTL_MS) -> AsyncIte
     try:
         yield True
     finally:
-        keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await keeper
-        await redis.register_script(_RELEASE_LUA)(keys=[name], args=[token])
+        try:
+            await background.cancel_and_wait(keeper)
+        finally:  # even when cancelled meanwhile: else the lock blocks others for its TTL
+            await redis.register_script(_RELEASE_LUA)(keys=[name], args=[token])
 
 
 def candidates(board: Board, retention: int, now: datetime) -> list[tuple[Window, str]]:

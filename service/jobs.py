@@ -20,6 +20,7 @@ from typing import Literal
 import msgspec
 from redis.asyncio import Redis
 
+from service import background
 from service.rebuild import Progress, RebuildReport
 
 JOB_TTL_S = 86_400
@@ -117,9 +118,7 @@ async def run_job(redis: Redis, job_id: str, work: Work) -> None:
             await _update(redis, job_id, state="failed", error=reason, finished_at=_stamp())
         raise
     finally:
-        beating.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beating
+        await background.cancel_and_wait(beating)
     await _update(
         redis,
         job_id,

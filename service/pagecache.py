@@ -17,13 +17,14 @@ these go stale, so the lifetime alone bounds it, as `Cache-Control: max-age` doe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
+
+from service import background
 
 log = logging.getLogger("rankstream.api")
 
@@ -127,10 +128,7 @@ class PageCache:
 
     async def close(self) -> None:
         """Stop following."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await background.cancel_and_wait(self._task)
 
     async def _follow(self) -> None:
         while True:

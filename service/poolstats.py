@@ -13,7 +13,6 @@ Series: `rankstream_pool_connections{pool=redis|postgres, state=in_use|idle}` an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -24,7 +23,7 @@ import asyncpg
 from prometheus_client.multiprocess import mark_process_dead
 from redis.asyncio import Redis
 
-from service import metrics
+from service import background, metrics
 
 log = logging.getLogger("rankstream.api")
 
@@ -99,11 +98,8 @@ class PoolSampler:
 
     async def close(self) -> None:
         """Stop sampling; in multiprocess mode drop this process's series (it is going)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await background.cancel_and_wait(self._task)
+        self._task = None
         folder = multiprocess_dir()
         if folder is not None:
             mark_process_dead(os.getpid(), folder)  # type: ignore[no-untyped-call]

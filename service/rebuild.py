@@ -44,7 +44,7 @@ import asyncpg
 import msgspec
 from redis.asyncio import Redis
 
-from service import keys, moderation, periods, queries, rankcache, resp
+from service import background, keys, moderation, periods, queries, rankcache, resp
 from service.models import Board, Window
 
 Progress = Callable[[int, int], Awaitable[None]]
@@ -193,14 +193,14 @@ async def _stream(
     `after_chunk` gets each chunk's size."""
     tail = b""
     rows: list[bytes] = []
-    sending: asyncio.Future[list[Any]] | None = None
+    sending: asyncio.Task[list[Any]] | None = None
 
     async def send(chunk: list[bytes]) -> None:
         nonlocal sending
         commands = commands_of(chunk)
         if sending is not None:
             await sending
-        sending = asyncio.ensure_future(resp.send(redis, commands))
+        sending = asyncio.create_task(resp.send(redis, commands))
         await after_chunk(len(chunk))
 
     async def sink(data: bytes) -> None:
@@ -225,10 +225,7 @@ async def _stream(
         if sending is not None:
             await sending
     except BaseException:
-        if sending is not None and not sending.done():
-            sending.cancel()
-            with contextlib.suppress(BaseException):
-                await sending
+        await background.cancel_and_wait(sending)
         raise
 
 
@@ -496,7 +493,7 @@ async def rebuild_board(
         ]
     # Progress needs the rows in total; counting them takes ~0.1 s a 1M rows, so it runs
     # beside the rebuild (on a connection of its own) instead of before it.
-    counting = asyncio.ensure_future(_count(pg, board, targets)) if progress else None
+    counting = asyncio.create_task(_count(pg, board, targets)) if progress else None
 
     async def report(done: int, _: int) -> None:
         assert progress is not None
@@ -525,10 +522,7 @@ async def rebuild_board(
             sets.append(result)
             done += result.rows
     finally:
-        if counting is not None:
-            counting.cancel()
-            with contextlib.suppress(BaseException):
-                await counting
+        await background.cancel_and_wait(counting)
     return RebuildReport(
         board_id=board.id,
         sets=sets,

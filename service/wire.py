@@ -16,7 +16,6 @@ command waiting on it; the next call reconnects.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import time
 from collections import deque
@@ -28,7 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service import resp
+from service import background, resp
 
 Arg = bytes | str | int
 
@@ -159,11 +158,8 @@ class ReadLink:
 
     async def aclose(self) -> None:
         """Close every connection; waiting commands fail with ConnectionError."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
-            self._watchdog = None
+        await background.cancel_and_wait(self._watchdog)
+        self._watchdog = None
         for conn in self._connections:
             if conn is not None:
                 conn.fail(RedisConnectionError("link closed"))

@@ -204,3 +204,23 @@ async def test_lock_is_exclusive_and_released_only_by_its_owner(redis: Redis) ->
         assert await redis.exists("t:lock")
         await redis.set("t:lock", "taken-over")
     assert await redis.get("t:lock") == b"taken-over"  # not deleted: no longer ours
+
+
+async def test_a_cancellation_while_leaving_the_lock_ends_the_holder(redis: Redis) -> None:
+    # The consumer's cold-start loop was cancelled (SIGTERM) just as it left the lock: the
+    # lock swallowed the cancellation and the consumer never exited.
+    left = asyncio.Event()
+
+    async def holder() -> None:
+        async with coldstart.locked(redis, "t:lock") as mine:
+            assert mine
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()  # delivered at the lock's first wait on the way out
+        left.set()  # reached only when the cancellation was lost
+
+    task = asyncio.create_task(holder())
+    await asyncio.wait({task})
+    assert task.cancelled()
+    assert not left.is_set()
+    assert not await redis.exists("t:lock")  # released all the same

@@ -1,0 +1,26 @@
+"""Background tasks: stopping one without losing the caller's own cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+log = logging.getLogger("rankstream.background")
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a task and wait until it has ended; a failure while ending is logged (one
+    that ended it before this call was its awaiter's to see).
+
+    `with suppress(CancelledError): await task` also swallows a cancellation of the
+    *caller* that arrives while it waits, and the caller then runs on as if never
+    cancelled: a consumer's cold-start loop did so when stopped while releasing its lock,
+    and the consumer never exited. `asyncio.wait` raises the caller's cancellation and
+    never the task's."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("%s failed while stopping: %r", task.get_name(), task.exception())

@@ -1,0 +1,48 @@
+"""Stopping a background task keeps the stopper's own cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service.background import cancel_and_wait
+
+
+async def slow_to_stop(stopped: asyncio.Event) -> None:
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        await asyncio.sleep(0.05)  # cleanup that takes a while, as closing a connection
+        stopped.set()
+        raise
+
+
+async def test_the_stopper_cancelled_while_waiting_is_cancelled_too() -> None:
+    stopped = asyncio.Event()
+    inner = asyncio.create_task(slow_to_stop(stopped))
+    await asyncio.sleep(0)
+    outer = asyncio.create_task(cancel_and_wait(inner))
+    await asyncio.sleep(0.01)  # outer now waits for inner's cleanup
+    outer.cancel()
+    await asyncio.wait({outer})
+    assert outer.cancelled()  # `with suppress(CancelledError): await inner` ends it normally
+    await asyncio.wait({inner})
+    assert inner.cancelled() and stopped.is_set()
+
+
+async def test_waits_for_the_task_to_end_and_logs_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def fails_on_cancel() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            raise RuntimeError("cleanup broke") from None
+
+    task = asyncio.create_task(fails_on_cancel())
+    await asyncio.sleep(0)
+    await cancel_and_wait(task)
+    assert task.done() and isinstance(task.exception(), RuntimeError)
+    assert "cleanup broke" in caplog.text
+    await cancel_and_wait(None)  # nothing to stop
