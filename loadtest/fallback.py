@@ -25,7 +25,7 @@ from typing import Any
 
 import asyncpg
 
-from loadtest import machine, results
+from loadtest import results
 from loadtest.stack import (
     BOARD_ID,
     PLAYER_PREFIX,
@@ -48,12 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--timeout-s", type=float, default=30.0, help="statement_timeout of each call (30)"
     )
-    p.add_argument(
-        "--tag",
-        default="",
-        help="suffix of the results file (e.g. `before`), so that runs of two versions of "
-        "the code sit side by side",
-    )
+    results.add_tag_argument(p, "before")
     add_stack_arguments(p, rate_limits=False)
 
 
@@ -67,11 +62,9 @@ async def load_postgres(harness: Harness, n: int, seed: int) -> dict[str, Any]:
     conn = await harness.pg()
     try:
         await conn.execute("UPDATE players SET banned = true WHERE player_id = ANY($1)", banned)
-        t0 = time.perf_counter()
-        await conn.execute("VACUUM (ANALYZE) player_scores, players")
-        vacuum_s = round(time.perf_counter() - t0, 2)
     finally:
         await conn.close()
+    vacuum_s = await harness.vacuum_analyze()
     return {"players": n, "banned": len(banned), "postgres_copy_s": copy_s,
             "postgres_vacuum_s": vacuum_s}  # fmt: skip
 
@@ -169,23 +162,14 @@ def _figures(reads: dict[str, dict[str, Any]], timeout_s: float) -> list[dict[st
 
 
 def run(args: argparse.Namespace) -> int:
-    info = machine.describe()
-    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    load_start = machine.loadavg()
-    print(f"fallback: load average at start {load_start}", flush=True)
-    sampler = machine.LoadSampler().start()
-    out: dict[str, Any] = {
-        "scenario": "fallback" + (f" ({args.tag})" if args.tag else ""),
-        "started_at": started_at,
-        "machine": info,
-        "load": {"at_start": load_start, "busy_processes_at_start": machine.busy_processes()},
-        "parameters": {k: v for k, v in vars(args).items() if k != "func"},
-        "load_generator": "none: service.pgranking called in the harness process, one call "
-        "at a time, on an asyncpg pool",
-        "figures": [],
-        "reads": {},
-        "notes": [],
-    }
+    record = results.Record(
+        "fallback",
+        args,
+        "none: service.pgranking called in the harness process, one call at a time, on an "
+        "asyncpg pool",
+        reads={},
+    )
+    out = record.out
     failed = False
     try:
         with Harness(keep_data=args.keep_data, fsync=not args.no_fsync) as harness:
@@ -196,12 +180,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"loaded: {out['data']}", flush=True)
             out["reads"] = asyncio.run(measure(harness, board, args))
     except Exception as exc:
-        out["notes"].append(f"the run failed: {type(exc).__name__}: {exc}"[:2000])
-        print(f"fallback failed: {exc}", flush=True)
+        record.failed(exc)
         failed = True
     out["figures"] = _figures(out["reads"], args.timeout_s)
-    out["load"].update(sampler.stop())
-    name = results.stem("fallback") + (f"-{args.tag}" if args.tag else "")
-    path = results.write("fallback", out, name=name)
-    print(f"results: {path}\n{results.RESULTS_MD}", flush=True)
+    record.save()
     return 1 if failed else 0

@@ -27,7 +27,7 @@ import httpx
 import msgspec
 from redis.asyncio import Redis
 
-from loadtest import machine, procstat, profiling, results
+from loadtest import procstat, profiling, results
 from loadtest.backlog import group_state, text
 from loadtest.stack import BOARD_ID, Harness, add_stack_arguments
 from loadtest.stats import figure, percentile
@@ -358,22 +358,10 @@ async def latency_phase(
 
 
 def run(args: argparse.Namespace) -> int:
-    info = machine.describe()
-    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    load_start = machine.loadavg()
-    busy = machine.busy_processes()
-    print(f"ingest: load average at start {load_start}", flush=True)
-    sampler = machine.LoadSampler().start()
-    out: dict[str, Any] = {
-        "scenario": "ingest",
-        "started_at": started_at,
-        "machine": info,
-        "load": {"at_start": load_start, "busy_processes_at_start": busy},
-        "parameters": {k: v for k, v in vars(args).items() if k != "func"},
-        "load_generator": "python: redis pipelines (pre-fill), httpx asyncio client (latency)",
-        "figures": [],
-        "notes": [],
-    }
+    record = results.Record(
+        "ingest", args, "python: redis pipelines (pre-fill), httpx asyncio client (latency)"
+    )
+    out = record.out
     rng = random.Random(args.seed)
     try:
         with Harness(keep_data=args.keep_data, fsync=not args.no_fsync) as harness:
@@ -388,14 +376,11 @@ def run(args: argparse.Namespace) -> int:
             out["throughput"], out["latency"] = None, None
             asyncio.run(_run_async(harness, args, rng, out))
     except Exception as exc:
-        out["notes"].append(f"the run failed: {type(exc).__name__}: {exc}"[:2000])
-        print(f"ingest failed: {exc}", flush=True)
+        record.failed(exc)
         failed = True
     else:
         failed = False
-    out["load"].update(sampler.stop())
-    path = results.write("ingest", out)
-    print(f"results: {path}\n{results.RESULTS_MD}", flush=True)
+    record.save()
     return 1 if failed else 0
 
 

@@ -69,12 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="after the measured runs, py-spy the 1-worker API for SECONDS per scenario",
     )
     p.add_argument("--python-client", action="store_true", help="use the Python client, not wrk")
-    p.add_argument(
-        "--tag",
-        default="",
-        help="suffix of the results file and section (e.g. `limits`), so that a run made to "
-        "compare does not replace the day's reads results",
-    )
+    results.add_tag_argument(p, "limits")
     add_stack_arguments(p, realistic=True)
 
 
@@ -173,11 +168,8 @@ def _drive(
 
 
 def run(args: argparse.Namespace) -> int:
-    info = machine.describe()
-    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    load_start = machine.loadavg()
-    busy = machine.busy_processes()
-    print(f"reads: load average at start {load_start}", flush=True)
+    record = results.Record("reads", args, runs=[])
+    out = record.out
     binary, how = (None, "--python-client given") if args.python_client else wrk.ensure_wrk()
     generator = (
         f"{machine.wrk_version() or 'wrk'} ({how}), {args.connections} connections, "
@@ -187,18 +179,7 @@ def run(args: argparse.Namespace) -> int:
         "NOT wrk: figures understate the server"
     )
     print(f"load generator: {generator}", flush=True)
-    sampler = machine.LoadSampler().start()
-    out: dict[str, Any] = {
-        "scenario": "reads" + (f" ({args.tag})" if args.tag else ""),
-        "started_at": started_at,
-        "machine": info,
-        "load": {"at_start": load_start, "busy_processes_at_start": busy},
-        "parameters": {k: v for k, v in vars(args).items() if k != "func"},
-        "load_generator": generator,
-        "figures": [],
-        "runs": [],
-        "notes": [],
-    }
+    out["load_generator"] = generator
     kinds = [k.strip() for k in args.scenarios.split(",") if k.strip()]
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
     try:
@@ -238,16 +219,11 @@ def run(args: argparse.Namespace) -> int:
                 harness.stop_child(api)
                 harness.stack.children.remove(api)
     except Exception as exc:
-        out["notes"].append(f"the run failed: {type(exc).__name__}: {exc}"[:2000])
-        print(f"reads failed: {exc}", flush=True)
+        record.failed(exc)
         failed = True
     else:
         failed = False
-    out["load"].update(sampler.stop())
-    path = results.write(
-        "reads", out, name=results.stem("reads") + (f"-{args.tag}" if args.tag else "")
-    )
-    print(f"results: {path}\n{results.RESULTS_MD}", flush=True)
+    record.save()
     return 1 if failed else 0
 
 

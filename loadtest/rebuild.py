@@ -58,13 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 async def load_postgres(harness: Harness, n: int, seed: int) -> dict[str, Any]:
     """N rows of the board's `all` set and N named players, by COPY, then VACUUM."""
     seconds = await copy_players(harness, scores_of(n, seed), datetime.now(UTC))
-    conn = await harness.pg()
-    try:
-        t0 = time.perf_counter()
-        await conn.execute("VACUUM (ANALYZE) player_scores, players")
-        vacuum_s = round(time.perf_counter() - t0, 2)
-    finally:
-        await conn.close()
+    vacuum_s = await harness.vacuum_analyze()
     return {"players": n, "postgres_copy_s": seconds, "postgres_vacuum_s": vacuum_s}
 
 
@@ -172,22 +166,13 @@ async def measure(harness: Harness, board: Board, args: argparse.Namespace) -> d
 
 
 def run(args: argparse.Namespace) -> int:
-    info = machine.describe()
-    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    load_start = machine.loadavg()
-    print(f"rebuild: load average at start {load_start}", flush=True)
-    sampler = machine.LoadSampler().start()
-    out: dict[str, Any] = {
-        "scenario": "rebuild",
-        "started_at": started_at,
-        "machine": info,
-        "load": {"at_start": load_start, "busy_processes_at_start": machine.busy_processes()},
-        "parameters": {k: v for k, v in vars(args).items() if k != "func"},
-        "load_generator": "none: rebuild_board in the harness process (as `rankstream rebuild`)",
-        "figures": [],
-        "runs": [],
-        "notes": [],
-    }
+    record = results.Record(
+        "rebuild",
+        args,
+        "none: rebuild_board in the harness process (as `rankstream rebuild`)",
+        runs=[],
+    )
+    out = record.out
     failed = False
     try:
         with Harness(keep_data=args.keep_data, fsync=not args.no_fsync) as harness:
@@ -199,8 +184,7 @@ def run(args: argparse.Namespace) -> int:
             measured = asyncio.run(measure(harness, board, args))
             out["runs"] = measured["runs"]
     except Exception as exc:
-        out["notes"].append(f"the run failed: {type(exc).__name__}: {exc}"[:2000])
-        print(f"rebuild failed: {exc}", flush=True)
+        record.failed(exc)
         failed = True
     labels = {
         "empty": "into an empty Redis",
@@ -230,7 +214,5 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         failed = failed or not checks
-    out["load"].update(sampler.stop())
-    path = results.write("rebuild", out)
-    print(f"results: {path}\n{results.RESULTS_MD}", flush=True)
+    record.save()
     return 1 if failed else 0

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
+
+from loadtest import machine
 
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
@@ -19,6 +23,57 @@ def stem(scenario: str | None) -> str:
     today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     name = f"{today}-{socket.gethostname()}"
     return f"{name}-{scenario}" if scenario else name
+
+
+def add_tag_argument(p: argparse.ArgumentParser, example: str) -> None:
+    """`--tag`: a results file (and section) of its own for a run made to compare."""
+    p.add_argument(
+        "--tag",
+        default="",
+        help=f"suffix of the results file and section (e.g. `{example}`), so that a run made "
+        "to compare sits beside the day's results instead of replacing them",
+    )
+
+
+class Record:
+    """The results of one scenario's run: the machine, the load before and during it (sampled
+    from here until `save`), its parameters; the scenario adds figures and notes."""
+
+    def __init__(
+        self, scenario: str, args: argparse.Namespace, load_generator: str = "", **sections: Any
+    ) -> None:
+        self.scenario = scenario
+        self.tag: str = getattr(args, "tag", "")
+        info = machine.describe()
+        started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        load_start = machine.loadavg()
+        busy = machine.busy_processes()
+        print(f"{scenario}: load average at start {load_start}", flush=True)
+        self.out: dict[str, Any] = {
+            "scenario": scenario + (f" ({self.tag})" if self.tag else ""),
+            "started_at": started_at,
+            "machine": info,
+            "load": {"at_start": load_start, "busy_processes_at_start": busy},
+            "parameters": {k: v for k, v in vars(args).items() if k != "func"},
+            "load_generator": load_generator,
+            "figures": [],
+            **sections,
+            "notes": [],
+        }
+        self.sampler = machine.LoadSampler().start()
+
+    def failed(self, exc: Exception) -> None:
+        """The run broke off: say why in the file."""
+        self.out["notes"].append(f"the run failed: {type(exc).__name__}: {exc}"[:2000])
+        print(f"{self.scenario} failed: {exc}", flush=True)
+
+    def save(self) -> Path:
+        """Write the results file (`-<tag>` in its name when tagged) and the summary."""
+        self.out["load"].update(self.sampler.stop())
+        name = stem(self.scenario) + (f"-{self.tag}" if self.tag else "")
+        path = write(self.scenario, self.out, name=name)
+        print(f"results: {path}\n{RESULTS_MD}", flush=True)
+        return path
 
 
 def markdown_path(folder: Path = RESULTS_DIR) -> Path:
