@@ -153,8 +153,7 @@ class Worker:
                         start_id=idle[0]["message_id"],
                         count=1,
                     )
-                    # An entry trimmed away meanwhile comes back with no fields: nothing to do.
-                    entries: list[Entry] = [(i, fields) for i, fields in reply[1] if fields]
+                    entries = _live(reply[1])
                     if entries:
                         await self.handle(entries, claimed=True)
                     continue
@@ -196,8 +195,7 @@ class Worker:
                 count=self.settings.batch_size,
             )
             for _stream, messages in reply or []:
-                # An entry trimmed away meanwhile comes back with no fields: nothing to do.
-                entries: list[Entry] = [(i, fields) for i, fields in messages if fields]
+                entries = _live(messages)
                 if entries:
                     await self.handle(entries, claimed=True)
 
@@ -349,6 +347,12 @@ async def _no_decode(_message: StreamMessage[Any], _original: Any) -> None:
 def _entries(message: StreamMessage[Any]) -> list[Entry]:
     raw = message.raw_message
     return list(zip(raw["message_ids"], raw["data"], strict=True))
+
+
+def _live(messages: list[Any]) -> list[Entry]:
+    """Entries read again from the pending list: one trimmed away meanwhile comes back with
+    no fields, and there is nothing left to do for it."""
+    return [(i, fields) for i, fields in messages if fields]
 
 
 def _settle_gc() -> None:

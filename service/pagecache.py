@@ -21,12 +21,14 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from redis.asyncio import Redis
 
 from service import background
 
 log = logging.getLogger("rankstream.api")
+V = TypeVar("V")
 
 _CHANNEL_PREFIX = "__keyspace@{db}__:"
 _REVISION_PATTERN = "lb:{*}:rev"
@@ -92,10 +94,8 @@ class PageCache:
         """Remember a page read while the board was at `generation`."""
         if not self.enabled:
             return
-        self._slots[key] = _Slot(page, board, generation, time.monotonic())
-        self._slots.move_to_end(key)
-        while len(self._slots) > self._max_entries:
-            self._slots.popitem(last=False)
+        slot = _Slot(page, board, generation, time.monotonic())
+        _remember(self._slots, key, slot, self._max_entries)
 
     def get_fallback(self, key: str) -> Page | None:
         """A page read from Postgres less than `ttl_s` ago, or None."""
@@ -112,10 +112,7 @@ class PageCache:
         configured on: `ttl_s` > 0)."""
         if self._ttl_s <= 0:
             return
-        self._fallback[key] = (page, time.monotonic())
-        self._fallback.move_to_end(key)
-        while len(self._fallback) > self._max_entries:
-            self._fallback.popitem(last=False)
+        _remember(self._fallback, key, (page, time.monotonic()), self._max_entries)
 
     def invalidate(self, board: str) -> None:
         """The board changed: its pages are stale."""
@@ -180,3 +177,11 @@ async def _enable_notifications(redis: Redis) -> None:
     missing = [flag for flag in _NEEDED_FLAGS if flag not in current]
     if missing:
         await redis.config_set("notify-keyspace-events", current + "".join(missing))
+
+
+def _remember(store: OrderedDict[str, V], key: str, value: V, max_entries: int) -> None:
+    """Store as the newest entry; the oldest go beyond `max_entries`."""
+    store[key] = value
+    store.move_to_end(key)
+    while len(store) > max_entries:
+        store.popitem(last=False)

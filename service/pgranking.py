@@ -153,22 +153,26 @@ class _SetReader:
         """
         total, better = await self.better_than([stored for stored, _ in points])
         if self.board.ties == "shared" and not positions:
-            return total, [(-1, better[stored] + 1) for stored, _ in points]
+            return total, [(-1, self.rank(better[stored], -1)) for stored, _ in points]
         tied = await self.tied_before(points)
         placed = []
         for (stored, _), before in zip(points, tied, strict=True):
             position = better[stored] + before
-            rank = better[stored] + 1 if self.board.ties == "shared" else position + 1
-            placed.append((position, rank))
+            placed.append((position, self.rank(better[stored], position)))
         return total, placed
 
+    def rank(self, better: int, position: int) -> int:
+        """The rank of a row at `position` with `better` rows of a better score before it."""
+        return better + 1 if self.board.ties == "shared" else position + 1
 
-async def _reader(
-    conn: asyncpg.Connection, board: Board, window: Window, period: str
-) -> _SetReader:
-    reader = _SetReader(conn, board, window, period)
-    await reader.load_banned()
-    return reader
+
+@asynccontextmanager
+async def _reading(pg: Pg, board: Board, window: Window, period: str) -> AsyncIterator[_SetReader]:
+    """A reader of one set in one snapshot, its banned rows loaded."""
+    async with _snapshot(pg) as conn:
+        reader = _SetReader(conn, board, window, period)
+        await reader.load_banned()
+        yield reader
 
 
 async def top(
@@ -181,8 +185,7 @@ async def top(
     cursor: str | None = None,
 ) -> TopPage:
     """A page from `offset`, or after the position in `cursor` (as `ranking.top`)."""
-    async with _snapshot(pg) as conn:
-        reader = await _reader(conn, board, window, period)
+    async with _reading(pg, board, window, period) as reader:
         if cursor is not None:
             rows = await reader.page_after(decode_cursor(cursor), limit)
             total, placed = await reader.place([row[:2] for row in rows[:1]])
@@ -212,16 +215,14 @@ async def _page_at(
         return [], total, []
     total, better = await reader.better_than([stored])
     rows = await reader.page_from(stored, offset - better[stored], limit)
-    rank = better[stored] + 1 if reader.board.ties == "shared" else offset + 1
-    return rows, total, [(offset, rank)]
+    return rows, total, [(offset, reader.rank(better[stored], offset))]
 
 
 async def around(
     pg: Pg, board: Board, window: Window, period: str, player_id: str, radius: int
 ) -> AroundPage | None:
     """The player and up to `radius` entries either side; None when unranked."""
-    async with _snapshot(pg) as conn:
-        reader = await _reader(conn, board, window, period)
+    async with _reading(pg, board, window, period) as reader:
         found = await reader.rows_of([player_id])
         if not found:
             return None
@@ -247,8 +248,7 @@ async def ranks_of(
 ) -> RanksPage:
     """Ranks of the given players, best first; the unranked in `missing`."""
     unique = list(dict.fromkeys(player_ids))
-    async with _snapshot(pg) as conn:
-        reader = await _reader(conn, board, window, period)
+    async with _reading(pg, board, window, period) as reader:
         rows = await reader.rows_of(unique)
         total, placed = await reader.place([row[:2] for row in rows], positions=False)
     entries = [

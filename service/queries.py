@@ -176,7 +176,7 @@ JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k(b, w, p, pl)
 
 _IN_SET = "ps.board_id = $1 AND ps.window_name = $2 AND ps.period = $3"
 _STORED = {"asc": "ps.score", "desc": "-ps.score"}
-_MEMBER = {
+_RANK_MEMBER = {
     "shared": 'ps.player_id COLLATE "C"',
     "earliest": "(lpad(floor(extract(epoch FROM ps.reached_at) * 1000)::bigint::text, 15, '0')"
     " || '|' || ps.player_id) COLLATE \"C\"",
@@ -217,7 +217,7 @@ ORDER BY p.stored, p.member
 _TIED_BEFORE = {
     "shared": f"""
 SELECT (SELECT count(*) FROM player_scores ps
-        WHERE {_IN_SET} AND ps.score = t.score AND {_MEMBER["shared"]} < t.member)
+        WHERE {_IN_SET} AND ps.score = t.score AND {_RANK_MEMBER["shared"]} < t.member)
 FROM unnest($4::bigint[], $5::text[]) WITH ORDINALITY AS t(score, member, i)
 ORDER BY t.i
 """,
@@ -251,8 +251,20 @@ class RankingQueries:
 
 
 def _ranking_queries(order: str, ties: str) -> RankingQueries:
-    parts = {"stored": _STORED[order], "member": _MEMBER[ties], "in_set": _IN_SET}
-    better, worse, member = _BETTER[order], _WORSE[order], _MEMBER[ties]
+    stored, member = _STORED[order], _RANK_MEMBER[ties]
+    better, worse = _BETTER[order], _WORSE[order]
+
+    def page(where: str, limit: str, *, backwards: bool = False) -> str:
+        return _PAGE.format(
+            stored=stored,
+            member=member,
+            in_set=_IN_SET,
+            where=where,
+            score_order=(_WORST_FIRST if backwards else _BEST_FIRST)[order],
+            member_order=" DESC" if backwards else "",
+            limit=limit,
+        )
+
     return RankingQueries(
         # A deep offset is walked on scores alone (no member to compute and sort for every
         # row passed: 4x faster at 500k, 10x for earliest ties), then the page is read from
@@ -264,36 +276,25 @@ WHERE {_IN_SET} AND ps.player_id NOT IN (SELECT player_id FROM players WHERE ban
 ORDER BY ps.score{_BEST_FIRST[order]}
 OFFSET $4 LIMIT 1
 """,
-        page_from=_PAGE.format(
-            **parts,
-            where=f"\n      AND ps.score {worse}= $4",
-            score_order=_BEST_FIRST[order],
-            member_order="",
-            limit="OFFSET $5 LIMIT $6",
+        page_from=page(f"\n      AND ps.score {worse}= $4", "OFFSET $5 LIMIT $6"),
+        page_after=page(
+            f"\n      AND ps.score {worse}= $4 AND (ps.score {worse} $4 OR {member} > $5)",
+            "LIMIT $6",
         ),
-        page_after=_PAGE.format(
-            **parts,
-            where=f"\n      AND ps.score {worse}= $4 AND (ps.score {worse} $4 OR {member} > $5)",
-            score_order=_BEST_FIRST[order],
-            member_order="",
-            limit="LIMIT $6",
-        ),
-        page_before=_PAGE.format(
-            **parts,
-            where=f"\n      AND ps.score {better}= $4 AND (ps.score {better} $4 OR {member} < $5)",
-            score_order=_WORST_FIRST[order],
-            member_order=" DESC",
-            limit="LIMIT $6",
+        page_before=page(
+            f"\n      AND ps.score {better}= $4 AND (ps.score {better} $4 OR {member} < $5)",
+            "LIMIT $6",
+            backwards=True,
         ),
         rows_of=f"""
-SELECT {parts["stored"]} AS stored, {parts["member"]} AS member, pl.display_name
+SELECT {stored} AS stored, {member} AS member, pl.display_name
 FROM player_scores ps
 LEFT JOIN players pl ON pl.player_id = ps.player_id
 WHERE ps.player_id = ANY($4::text[]) AND {_IN_SET} AND NOT coalesce(pl.banned, false)
 """,
         # From the partial index of banned players, then the primary key per player.
         banned_rows=f"""
-SELECT {parts["stored"]} AS stored, {parts["member"]} AS member
+SELECT {stored} AS stored, {member} AS member
 FROM players pl
 JOIN player_scores ps ON ps.player_id = pl.player_id AND {_IN_SET}
 WHERE pl.banned
@@ -366,12 +367,12 @@ SELECT count(*) FROM player_scores WHERE board_id = $1 AND window_name = $2 AND 
 """
 
 # Rows of one set with what the cache needs besides the score: name and ban state.
-_SET_ROWS = """
+_SET_ROWS = f"""
 SELECT ps.player_id, ps.score, ps.version, ps.reached_at, pl.display_name,
        coalesce(pl.banned, false) AS banned
 FROM player_scores ps
 LEFT JOIN players pl ON pl.player_id = ps.player_id
-WHERE ps.board_id = $1 AND ps.window_name = $2 AND ps.period = $3
+WHERE {_IN_SET}
 """
 
 SET_ROWS = _SET_ROWS
@@ -408,7 +409,7 @@ FROM (
     FROM (
         SELECT ps.player_id, ps.score, ps.reached_at
         FROM player_scores ps
-        WHERE ps.board_id = $1 AND ps.window_name = $2 AND ps.period = $3
+        WHERE {_IN_SET}
           AND NOT EXISTS (
               SELECT 1 FROM players pl WHERE pl.player_id = ps.player_id AND pl.banned
           )
@@ -440,7 +441,7 @@ FROM (
         SELECT ps.player_id, ps.version, ps.reached_at, pl.player_id IS NOT NULL AS banned
         FROM player_scores ps
         LEFT JOIN players pl ON pl.player_id = ps.player_id AND pl.banned
-        WHERE ps.board_id = $1 AND ps.window_name = $2 AND ps.period = $3
+        WHERE {_IN_SET}
     ) j
 ) f
 """
@@ -455,7 +456,7 @@ SET_NAMES = f"""
 SELECT {_RESP_COLUMNS.format(a="ps.player_id", b="pl.display_name")}
 FROM player_scores ps
 JOIN players pl ON pl.player_id = ps.player_id
-WHERE ps.board_id = $1 AND ps.window_name = $2 AND ps.period = $3
+WHERE {_IN_SET}
   AND NOT pl.banned AND pl.display_name IS NOT NULL
 """
 # For SET_NAMES only (it runs last in its transaction): a set holding most of the players

@@ -124,22 +124,26 @@ class ReadLink:
         self._next = 0
         self._watchdog: asyncio.Task[None] | None = None
 
-    async def execute(self, *args: Arg) -> Any:
-        """Send one command; its reply (error replies raised as redis-py exceptions)."""
+    def _next_connection(self) -> tuple[int, _Connection | None]:
+        """The next slot, round robin, and its connection if open (a plain call: the hot
+        path's reads pay no coroutine for it)."""
         slot = self._next
         self._next = (slot + 1) % self._size
         conn = self._connections[slot]
-        if conn is None or conn.closed:
+        return slot, None if conn is None or conn.closed else conn
+
+    async def execute(self, *args: Arg) -> Any:
+        """Send one command; its reply (error replies raised as redis-py exceptions)."""
+        slot, conn = self._next_connection()
+        if conn is None:
             conn = await self._connect(slot)
         return await conn.send(resp.command(*map(_bytes, args)))
 
     async def execute_many(self, *commands: tuple[Arg, ...]) -> list[Any]:
         """Commands on one connection, in order, in one write; their replies. An error reply
         is raised (the first) once every reply has arrived."""
-        slot = self._next
-        self._next = (slot + 1) % self._size
-        conn = self._connections[slot]
-        if conn is None or conn.closed:
+        slot, conn = self._next_connection()
+        if conn is None:
             conn = await self._connect(slot)
         sent = [conn.send(resp.command(*map(_bytes, args))) for args in commands]
         replies = await asyncio.gather(*sent, return_exceptions=True)
