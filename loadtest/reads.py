@@ -185,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with Harness(keep_data=args.keep_data, fsync=not args.no_fsync) as harness:
             harness.rate_limits = args.rate_limits
+            harness.rate_limit_strategy = args.rate_limit_strategy
             out["rate_limits"] = harness.rate_limit_env() or "this version has none"
             settings = harness.start_servers()
             board = asyncio.run(harness.create_board(["all"]))

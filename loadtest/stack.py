@@ -169,6 +169,7 @@ class Harness:
     # default limits, 127.0.0.1 trusted as a proxy, the load generator sending
     # X-Forwarded-For from REALISTIC_CLIENTS addresses (see `wrk.Workload.clients`).
     rate_limits = "off"
+    rate_limit_strategy = ""  # realistic: the service's default when empty
 
     def rate_limit_env(self) -> dict[str, str]:
         """One client on 127.0.0.1 would hit the per-IP and per-key limits at once, so the
@@ -180,9 +181,12 @@ class Harness:
         if self.rate_limits == "off":
             return {"RANKSTREAM_RATE_LIMITS_ENABLED": "false"}
         if self.rate_limits == "realistic":
+            defaults = {f.name: f.default for f in msgspec.structs.fields(Settings)}
+            strategy = self.rate_limit_strategy or str(defaults["rate_limit_strategy"])
             return {
                 "RANKSTREAM_RATE_LIMITS_ENABLED": "true",
                 "RANKSTREAM_TRUSTED_PROXIES": "127.0.0.1",
+                "RANKSTREAM_RATE_LIMIT_STRATEGY": strategy,
             }
         return {
             "RANKSTREAM_" + name.upper(): "100000000/second"
@@ -301,6 +305,13 @@ def add_stack_arguments(
                 else ""
             ),
         )
+        if realistic:
+            p.add_argument(
+                "--rate-limit-strategy",
+                default="",
+                help="with --rate-limits realistic: the window strategy (default: the "
+                "service's own default)",
+            )
     p.add_argument("--no-fsync", action="store_true", help="embedded PostgreSQL with fsync=off")
     p.add_argument("--keep-data", action="store_true", help="keep the temporary data folder")
     p.add_argument("--seed", type=int, default=1)

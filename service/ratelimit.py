@@ -24,26 +24,32 @@ import ipaddress
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import RedisStorage
+from limits.aio.storage import RedisStorage, Storage
 from limits.aio.strategies import (
     FixedWindowRateLimiter,
     MovingWindowRateLimiter,
     RateLimiter,
+    SlidingWindowCounterRateLimiter,
 )
 from redis.asyncio import Redis
 
 from service import metrics
 from service.settings import Settings
-from service.windowhit import MovingWindowHits
+from service.windowhit import WindowHits
 from service.wire import ReadLink
 
 log = logging.getLogger("rankstream.ratelimit")
 
+STRATEGIES: dict[str, Callable[[Storage], RateLimiter]] = {
+    "sliding-window-counter": SlidingWindowCounterRateLimiter,
+    "moving-window": MovingWindowRateLimiter,
+    "fixed-window": FixedWindowRateLimiter,
+}
 RouteClass = Literal["submissions", "rank_lookups", "board_queries", "per_key", "admin"]
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -134,14 +140,9 @@ class RateLimits:
             wrap_exceptions=True,
             **options,
         )
-        strategy: type[RateLimiter] = (
-            MovingWindowRateLimiter
-            if settings.rate_limit_strategy == "moving-window"
-            else FixedWindowRateLimiter
-        )
-        self.limiter = strategy(self.storage)
-        # The hot reads' hit and stats in one round trip instead of two (moving window).
-        self.pipelined = MovingWindowHits.of(self.limiter, link)
+        self.limiter = STRATEGIES[settings.rate_limit_strategy](self.storage)
+        # The hot reads' hit and stats in one round trip instead of two (not the fixed window).
+        self.pipelined = WindowHits.of(self.limiter, link)
 
     async def check(self, checks: Iterable[tuple[RouteClass, str]]) -> Decision | None:
         """Count one hit against every (route class, identity); the tightest outcome.

@@ -1,13 +1,14 @@
-"""A moving-window hit and the window's stats in one Redis round trip.
+"""A rate-limit hit and the window's stats in one Redis round trip.
 
-`limits`' `MovingWindowRateLimiter` answers a hit (`hit`: counted or not) and what is left
-of the window (`get_window_stats`, for the `RateLimit-*` headers) in two calls, each its own
-round trip through redis-py: on the hot reads they cost more client CPU than the read
-itself. The two Lua scripts behind them are the storage's own, already registered with
-Redis; sent back to back in one pipeline they answer in one round trip, in order (so the
-stats count the hit just made), with the same keys, arguments and answers as the library's
-`RedispyBridge.acquire_entry` and `get_moving_window` (limits 5.8), which this mirrors;
-tests/test_ratelimit.py holds its counts to the library's own.
+`limits`' limiters answer a hit (`hit`: counted or not) and what is left of the window
+(`get_window_stats`, for the `RateLimit-*` headers) in two calls, each its own round trip
+through redis-py: on the hot reads they cost more client CPU than the read itself. The two
+Lua scripts behind them are the storage's own, already registered with Redis; sent back to
+back in one pipeline they answer in one round trip, in order (so the stats count the hit
+just made), with the same keys, arguments and answers as the library's `RedispyBridge`
+(limits 5.8), which this mirrors for the moving window (`acquire_entry`,
+`get_moving_window`) and the sliding window counter (`acquire_sliding_window_entry`,
+`get_sliding_window`); tests/test_ratelimit.py holds its counts to the library's own.
 
 In the API the two go out on its lean read link (`service.wire.ReadLink`) rather than
 through redis-py: one pipelined redis-py call costs ~300 µs of client CPU here, more than a
@@ -19,42 +20,83 @@ are made instead: they load the scripts again.
 
 from __future__ import annotations
 
+import math
 import time
-from typing import cast
+from abc import ABC, abstractmethod
+from typing import Any, cast
 
 from limits import RateLimitItem
 from limits.aio.storage import RedisStorage
 from limits.aio.storage.redis.redispy import RedispyBridge
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import (
+    MovingWindowRateLimiter,
+    RateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
 from limits.util import WindowStats
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from service.wire import ReadLink
+from service.wire import Arg, ReadLink
+
+Script = tuple[Arg, ...]  # EVALSHA's arguments
 
 
-class MovingWindowHits:
-    """`hit` then `get_window_stats` of a moving-window limiter on redis-py, pipelined."""
+class WindowHits(ABC):
+    """`hit` then `get_window_stats` of a limiter on redis-py, pipelined."""
 
     def __init__(
-        self, limiter: MovingWindowRateLimiter, bridge: RedispyBridge, link: ReadLink | None = None
+        self, limiter: RateLimiter, bridge: RedispyBridge, link: ReadLink | None = None
     ) -> None:
         self.limiter = limiter
         self.bridge = bridge
         self.link = link
 
-    @classmethod
-    def of(cls, limiter: object, link: ReadLink | None = None) -> MovingWindowHits | None:
-        """For a moving-window limiter on a redis-py storage; None for any other. With
-        `link` (to the storage's Redis), the scripts are sent on it."""
-        if not isinstance(limiter, MovingWindowRateLimiter):
-            return None
+    @staticmethod
+    def of(limiter: RateLimiter, link: ReadLink | None = None) -> WindowHits | None:
+        """For a moving-window or sliding-window-counter limiter on a redis-py storage; None
+        for any other. With `link` (to the storage's Redis), the scripts are sent on it."""
         storage = limiter.storage
         bridge = getattr(storage, "bridge", None) if isinstance(storage, RedisStorage) else None
-        return cls(limiter, bridge, link) if isinstance(bridge, RedispyBridge) else None
+        if not isinstance(bridge, RedispyBridge):
+            return None
+        if isinstance(limiter, MovingWindowRateLimiter):
+            return MovingWindowHits(limiter, bridge, link)
+        if isinstance(limiter, SlidingWindowCounterRateLimiter):
+            return SlidingWindowHits(limiter, bridge, link)
+        return None
 
+    @abstractmethod
     async def hit(self, item: RateLimitItem, *identifiers: str) -> tuple[bool, WindowStats]:
         """Count one hit (if the window has room) and the window's stats after it."""
+
+    async def _both(self, acquire: Script, stats: Script) -> tuple[Any, Any]:
+        """The replies of the two scripts, sent in one round trip (NoScriptError if Redis
+        lost them)."""
+        if self.link is not None:
+            acquired, window = await self.link.execute_many(
+                ("EVALSHA", *acquire), ("EVALSHA", *stats)
+            )
+            return acquired, window
+        client = cast(Redis, self.bridge.get_connection())  # the client it was given
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command("EVALSHA", *acquire)
+        pipe.execute_command("EVALSHA", *stats)
+        acquired, window = await pipe.execute()
+        return acquired, window
+
+    async def _library(
+        self, item: RateLimitItem, identifiers: tuple[str, ...]
+    ) -> tuple[bool, WindowStats]:
+        """The library's own two calls (they load lost scripts again)."""
+        allowed = await self.limiter.hit(item, *identifiers)
+        return allowed, await self.limiter.get_window_stats(item, *identifiers)
+
+
+class MovingWindowHits(WindowHits):
+    """The moving window: a list of hit times per key."""
+
+    async def hit(self, item: RateLimitItem, *identifiers: str) -> tuple[bool, WindowStats]:
         bridge = self.bridge
         key = bridge.prefixed_key(item.key_for(*identifiers))
         limit, expiry = item.amount, item.get_expiry()
@@ -62,18 +104,42 @@ class MovingWindowHits:
         acquire = (bridge.lua_acquire_moving_window.sha, 1, key, repr(now), limit, expiry, 1)
         stats = (bridge.lua_moving_window.sha, 1, key, repr(now - expiry), limit)
         try:
-            if self.link is not None:
-                acquired, window = await self.link.execute_many(
-                    ("EVALSHA", *acquire), ("EVALSHA", *stats)
-                )
-            else:
-                client = cast(Redis, bridge.get_connection())  # the client it was given
-                pipe = client.pipeline(transaction=False)
-                pipe.evalsha(*acquire)
-                pipe.evalsha(*stats)
-                acquired, window = await pipe.execute()
+            acquired, window = await self._both(acquire, stats)
         except NoScriptError:
-            allowed = await self.limiter.hit(item, *identifiers)
-            return allowed, await self.limiter.get_window_stats(item, *identifiers)
+            return await self._library(item, identifiers)
         start, count = (float(window[0]), int(window[1])) if window else (now, 0)
         return bool(acquired), WindowStats(start + expiry, limit - count)
+
+
+class SlidingWindowHits(WindowHits):
+    """The sliding window counter: this window's count and the previous one's, weighted by
+    how much of the previous window still overlaps the sliding one (O(1) in Redis)."""
+
+    async def hit(self, item: RateLimitItem, *identifiers: str) -> tuple[bool, WindowStats]:
+        bridge = self.bridge
+        # RedisStorage._current_window_key and _previous_window_key
+        current = bridge.prefixed_key(f"{{{item.key_for(*identifiers)}}}")
+        previous = bridge.prefixed_key(f"{{{item.key_for(*identifiers)}}}/-1")
+        limit, expiry = item.amount, item.get_expiry()
+        acquire = (bridge.lua_acquire_sliding_window.sha, 2, previous, current, limit, expiry, 1)
+        stats = (bridge.lua_sliding_window.sha, 2, previous, current, expiry)
+        try:
+            acquired, window = await self._both(acquire, stats)
+        except NoScriptError:
+            return await self._library(item, identifiers)
+        window = window or [0, 0, 0, 0]
+        before, now_count = int(window[0] or 0), int(window[2] or 0)
+        before_ttl = max(0.0, float(window[1] or 0)) / 1000  # seconds left of each window
+        now_ttl = max(0.0, float(window[3] or 0)) / 1000
+        # As SlidingWindowCounterRateLimiter.get_window_stats, but for the current window's
+        # end: a counter lives twice the window, so it ends `ttl - expiry` from now. The
+        # library's `ttl % expiry` is the same but for a counter just made (a TTL of exactly
+        # twice the window), where it reads 0 instead of the window's length.
+        weighted = before * before_ttl / expiry + now_count
+        remaining = max(0, limit - math.floor(weighted))
+        now = time.time()
+        if not (before or now_count):
+            return bool(acquired), WindowStats(now, remaining)
+        before_reset = before_ttl % (expiry / before) if before else math.inf
+        now_reset = (now_ttl - expiry if now_ttl > expiry else now_ttl) if now_count else math.inf
+        return bool(acquired), WindowStats(now + min(before_reset, now_reset), remaining)

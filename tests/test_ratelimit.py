@@ -324,15 +324,20 @@ async def test_limits_hold_across_two_worker_processes(
     assert 'rankstream_rate_limited_total{limit="board_queries"} 80.0' in metrics
 
 
+@pytest.mark.parametrize("strategy", ["sliding-window-counter", "moving-window"])
 @pytest.mark.parametrize("on_link", [False, True], ids=["redis-py", "read-link"])
 async def test_pipelined_hit_counts_as_the_library_and_survives_lost_scripts(
-    settings: Settings, redis: Redis, on_link: bool
+    settings: Settings, redis: Redis, on_link: bool, strategy: str
 ) -> None:
     link = ReadLink(settings.redis_url) if on_link else None
     limits = RateLimits(
-        msgspec.structs.replace(settings, rate_limit_rank_lookups="3/minute"), redis, link
+        msgspec.structs.replace(
+            settings, rate_limit_rank_lookups="3/minute", rate_limit_strategy=strategy
+        ),
+        redis,
+        link,
     )
-    assert limits.pipelined is not None  # the default moving window takes one round trip
+    assert limits.pipelined is not None  # one round trip a check
     assert limits.pipelined.link is link
     item = limits.items["rank_lookups"][0]
     try:
@@ -342,7 +347,11 @@ async def test_pipelined_hit_counts_as_the_library_and_survives_lost_scripts(
         assert 59 <= first.reset_s <= 60
         # Redis no longer knows the hit script (restarted, SCRIPT FLUSH): the library's
         # own calls load it again, and the count goes on.
-        limits.pipelined.bridge.lua_acquire_moving_window.sha = "0" * 40
+        bridge = limits.pipelined.bridge
+        if strategy == "moving-window":
+            bridge.lua_acquire_moving_window.sha = "0" * 40
+        else:
+            bridge.lua_acquire_sliding_window.sha = "0" * 40
         second = await limits.check(check)
         assert second is not None and second.allowed and second.remaining == 1
         third = await limits.check(check)
@@ -357,3 +366,33 @@ async def test_pipelined_hit_counts_as_the_library_and_survives_lost_scripts(
         await limits.close()
         if link is not None:
             await link.aclose()
+
+
+async def test_sliding_window_weighs_the_previous_window_as_the_library(
+    settings: Settings, redis: Redis
+) -> None:
+    limits = RateLimits(
+        msgspec.structs.replace(settings, rate_limit_rank_lookups="4 per 2 second"), redis
+    )
+    assert limits.pipelined is not None  # the default: the sliding window counter
+    item = limits.items["rank_lookups"][0]
+    who = "203.0.113.10"
+    check = [("rank_lookups", who)]
+    try:
+        for left in (3, 2, 1):
+            decision = await limits.check(check)
+            assert decision is not None and decision.allowed and decision.remaining == left
+            assert 1 <= decision.reset_s <= 2  # when this window ends
+        # The 3 hits now belong to the previous window, weighed by its overlap with the
+        # sliding one (~0.97): floor(3 * 0.97) = 2 of the 4 are taken.
+        await asyncio.sleep(2.05)
+        first = await limits.check(check)
+        stats = await limits.limiter.get_window_stats(item, "rank_lookups", who)
+        assert first is not None and first.allowed
+        assert first.remaining == stats.remaining == 1  # 4 - floor(3 * 0.97 + 1)
+        second = await limits.check(check)
+        assert second is not None and second.allowed and second.remaining == 0
+        refused = await limits.check(check)
+        assert refused is not None and not refused.allowed
+    finally:
+        await limits.close()
