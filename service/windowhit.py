@@ -89,8 +89,15 @@ class WindowHits(ABC):
         self, item: RateLimitItem, identifiers: tuple[str, ...]
     ) -> tuple[bool, WindowStats]:
         """The library's own two calls (they load lost scripts again)."""
-        allowed = await self.limiter.hit(item, *identifiers)
-        return allowed, await self.limiter.get_window_stats(item, *identifiers)
+        return await hit_and_stats(self.limiter, item, *identifiers)
+
+
+async def hit_and_stats(
+    limiter: RateLimiter, item: RateLimitItem, *identifiers: str
+) -> tuple[bool, WindowStats]:
+    """`hit` then `get_window_stats`, the library's two calls (two round trips)."""
+    allowed = await limiter.hit(item, *identifiers)
+    return allowed, await limiter.get_window_stats(item, *identifiers)
 
 
 class MovingWindowHits(WindowHits):
