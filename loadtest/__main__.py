@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from loadtest import clients, fallback, ingest, plot, reads, rebuild, results, suite
+from loadtest import clients, fallback, ingest, limiter, plot, reads, rebuild, results, suite
 
 Entry = Callable[[argparse.Namespace], int]
 
@@ -35,6 +35,12 @@ _SCENARIOS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Entr
         ingest.run,
     ),
     ("reads", "top-10, player rank and around-me with wrk", reads.add_arguments, reads.run),
+    (
+        "limiter",
+        "the rate limiter's Redis and client CPU per check, by strategy and window fill",
+        limiter.add_arguments,
+        limiter.run,
+    ),
     (
         "rebuild",
         "rebuild of a 1,000,000-player board from Postgres",

@@ -17,14 +17,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import redis as redis_py
 from redis.asyncio import Redis
 
-from loadtest import machine, results
+from loadtest import results
 from loadtest.redispy_probe import KEY, fill, measure, redis_py_figures
 from loadtest.stack import Harness
 from loadtest.stats import figure
@@ -100,16 +99,8 @@ async def _installed(
 
 
 def run(args: argparse.Namespace) -> int:
-    out: dict[str, Any] = {
-        "scenario": "clients",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine.describe(),
-        "load": {"at_start": machine.loadavg()},
-        "parameters": {"commands": args.commands, "callers": args.callers},
-        "load_generator": "none: the clients run in the harness process",
-        "figures": [],
-        "notes": [],
-    }
+    record = results.Record("clients", args, "none: the clients run in the harness process")
+    out = record.out
     others = [v.strip() for v in args.compare_redis_py.split(",") if v.strip()]
     with Harness() as harness:
         url = harness.start_servers().redis_url
@@ -138,6 +129,5 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"{name:24} {call:28} {m['calls_per_s']:>8,} calls/s  {m['client_cpu_us']} µs CPU"
             )
-    out["load"]["at_end"] = machine.loadavg()
-    print(f"results: {results.write('clients', out)}")
+    record.save()
     return 0

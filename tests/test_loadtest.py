@@ -3,6 +3,7 @@ recorder), the limit attribution, /proc parsing, and the Markdown summary. No se
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ import msgspec
 import pytest
 import redis as redis_py
 
-from loadtest import dataset, limits, procstat, reads, results, summary, wrk
+from loadtest import dataset, limiter, limits, procstat, reads, results, summary, wrk
 from loadtest.records import DataRecord, Latency, RunRecord, SuiteResult, Usage
 
 
@@ -320,3 +321,14 @@ def test_the_redis_py_probe_reports_its_version_and_both_calls(settings: Any) ->
     for figures in found["figures"].values():
         assert figures["calls_per_s"] > 0
         assert figures["client_cpu_us"] > 0
+
+
+@pytest.mark.parametrize("strategy", ["sliding-window-counter", "moving-window"])
+async def test_the_limiter_scenario_fills_windows_before_measuring(
+    settings: Any, strategy: str
+) -> None:
+    args = argparse.Namespace(identities=3, checks_each=10)
+    found = await limiter.measure(settings, strategy, 295, args)
+    # 300/minute: after 295 hits each client has 5 left of its 10 measured checks
+    assert (found["checks"], found["refused"]) == (30, 15)
+    assert found["redis_cpu_us"] > 0 and found["client_cpu_us"] > 0
