@@ -2,13 +2,14 @@
 
 `limits`' limiters answer a hit (`hit`: counted or not) and what is left of the window
 (`get_window_stats`, for the `RateLimit-*` headers) in two calls, each its own round trip
-through redis-py: on the hot reads they cost more client CPU than the read itself. The two
-Lua scripts behind them are the storage's own, already registered with Redis; sent back to
-back in one pipeline they answer in one round trip, in order (so the stats count the hit
-just made), with the same keys, arguments and answers as the library's `RedispyBridge`
-(limits 5.8), which this mirrors for the moving window (`acquire_entry`,
-`get_moving_window`) and the sliding window counter (`acquire_sliding_window_entry`,
-`get_sliding_window`); tests/test_ratelimit.py holds its counts to the library's own.
+through redis-py: on the hot reads they cost more client CPU than the read itself. The
+commands behind them are the storage's own (its Lua scripts are already registered with
+Redis); sent back to back in one pipeline they answer in one round trip, in order (so the
+stats count the hit just made), with the same keys, arguments and answers as the library's
+`RedispyBridge` (limits 5.8), which this mirrors for the moving window (`acquire_entry`,
+`get_moving_window`), the sliding window counter (`acquire_sliding_window_entry`,
+`get_sliding_window`) and the fixed window (`incr`, then `get` and `get_expiry`);
+tests/test_ratelimit.py holds its counts to the library's own.
 
 In the API the two go out on its lean read link (`service.wire.ReadLink`) rather than
 through redis-py: one pipelined redis-py call costs ~300 µs of client CPU here, more than a
@@ -29,6 +30,7 @@ from limits import RateLimitItem
 from limits.aio.storage import RedisStorage
 from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.aio.strategies import (
+    FixedWindowRateLimiter,
     MovingWindowRateLimiter,
     RateLimiter,
     SlidingWindowCounterRateLimiter,
@@ -39,7 +41,7 @@ from redis.exceptions import NoScriptError
 
 from service.wire import Arg, ReadLink
 
-Script = tuple[Arg, ...]  # EVALSHA's arguments
+Command = tuple[Arg, ...]
 
 
 class WindowHits(ABC):
@@ -54,8 +56,8 @@ class WindowHits(ABC):
 
     @staticmethod
     def of(limiter: RateLimiter, link: ReadLink | None = None) -> WindowHits | None:
-        """For a moving-window or sliding-window-counter limiter on a redis-py storage; None
-        for any other. With `link` (to the storage's Redis), the scripts are sent on it."""
+        """For a limiter of the library's three strategies on a redis-py storage; None for
+        any other. With `link` (to the storage's Redis), the commands are sent on it."""
         storage = limiter.storage
         bridge = getattr(storage, "bridge", None) if isinstance(storage, RedisStorage) else None
         if not isinstance(bridge, RedispyBridge):
@@ -64,24 +66,24 @@ class WindowHits(ABC):
             return MovingWindowHits(limiter, bridge, link)
         if isinstance(limiter, SlidingWindowCounterRateLimiter):
             return SlidingWindowHits(limiter, bridge, link)
+        if isinstance(limiter, FixedWindowRateLimiter):
+            return FixedWindowHits(limiter, bridge, link)
         return None
 
     @abstractmethod
     async def hit(self, item: RateLimitItem, *identifiers: str) -> tuple[bool, WindowStats]:
         """Count one hit (if the window has room) and the window's stats after it."""
 
-    async def _both(self, acquire: Script, stats: Script) -> tuple[Any, Any]:
-        """The replies of the two scripts, sent in one round trip (NoScriptError if Redis
-        lost them)."""
+    async def _both(self, hit: Command, stats: Command) -> tuple[Any, Any]:
+        """The replies of the two commands, sent in one round trip (NoScriptError if Redis
+        lost a script)."""
         if self.link is not None:
-            acquired, window = await self.link.execute_many(
-                ("EVALSHA", *acquire), ("EVALSHA", *stats)
-            )
+            acquired, window = await self.link.execute_many(hit, stats)
             return acquired, window
         client = cast(Redis, self.bridge.get_connection())  # the client it was given
         pipe = client.pipeline(transaction=False)
-        pipe.execute_command("EVALSHA", *acquire)
-        pipe.execute_command("EVALSHA", *stats)
+        pipe.execute_command(*hit)
+        pipe.execute_command(*stats)
         acquired, window = await pipe.execute()
         return acquired, window
 
@@ -108,8 +110,9 @@ class MovingWindowHits(WindowHits):
         key = bridge.prefixed_key(item.key_for(*identifiers))
         limit, expiry = item.amount, item.get_expiry()
         now = time.time()
-        acquire = (bridge.lua_acquire_moving_window.sha, 1, key, repr(now), limit, expiry, 1)
-        stats = (bridge.lua_moving_window.sha, 1, key, repr(now - expiry), limit)
+        sha = bridge.lua_acquire_moving_window.sha
+        acquire = ("EVALSHA", sha, 1, key, repr(now), limit, expiry, 1)
+        stats = ("EVALSHA", bridge.lua_moving_window.sha, 1, key, repr(now - expiry), limit)
         try:
             acquired, window = await self._both(acquire, stats)
         except NoScriptError:
@@ -128,8 +131,9 @@ class SlidingWindowHits(WindowHits):
         current = bridge.prefixed_key(f"{{{item.key_for(*identifiers)}}}")
         previous = bridge.prefixed_key(f"{{{item.key_for(*identifiers)}}}/-1")
         limit, expiry = item.amount, item.get_expiry()
-        acquire = (bridge.lua_acquire_sliding_window.sha, 2, previous, current, limit, expiry, 1)
-        stats = (bridge.lua_sliding_window.sha, 2, previous, current, expiry)
+        sha = bridge.lua_acquire_sliding_window.sha
+        acquire = ("EVALSHA", sha, 2, previous, current, limit, expiry, 1)
+        stats = ("EVALSHA", bridge.lua_sliding_window.sha, 2, previous, current, expiry)
         try:
             acquired, window = await self._both(acquire, stats)
         except NoScriptError:
@@ -150,3 +154,22 @@ class SlidingWindowHits(WindowHits):
         before_reset = before_ttl % (expiry / before) if before else math.inf
         now_reset = (now_ttl - expiry if now_ttl > expiry else now_ttl) if now_count else math.inf
         return bool(acquired), WindowStats(now + min(before_reset, now_reset), remaining)
+
+
+class FixedWindowHits(WindowHits):
+    """The fixed window: one counter per key, made with the window's TTL by its first hit."""
+
+    async def hit(self, item: RateLimitItem, *identifiers: str) -> tuple[bool, WindowStats]:
+        bridge = self.bridge
+        key = bridge.prefixed_key(item.key_for(*identifiers))
+        incr = ("EVALSHA", bridge.lua_incr_expire.sha, 1, key, item.get_expiry(), 1)
+        try:
+            count, ttl = await self._both(incr, ("TTL", key))
+        except NoScriptError:
+            return await self._library(item, identifiers)
+        # As FixedWindowRateLimiter: the hit counts when the count it made is within the
+        # limit; the stats' GET would read that same count, in the same round trip.
+        count = int(count)
+        return count <= item.amount, WindowStats(
+            max(int(ttl), 0) + time.time(), max(0, item.amount - count)
+        )

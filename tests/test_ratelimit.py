@@ -324,7 +324,7 @@ async def test_limits_hold_across_two_worker_processes(
     assert 'rankstream_rate_limited_total{limit="board_queries"} 80.0' in metrics
 
 
-@pytest.mark.parametrize("strategy", ["sliding-window-counter", "moving-window"])
+@pytest.mark.parametrize("strategy", ["sliding-window-counter", "moving-window", "fixed-window"])
 @pytest.mark.parametrize("on_link", [False, True], ids=["redis-py", "read-link"])
 async def test_pipelined_hit_counts_as_the_library_and_survives_lost_scripts(
     settings: Settings, redis: Redis, on_link: bool, strategy: str
@@ -348,10 +348,12 @@ async def test_pipelined_hit_counts_as_the_library_and_survives_lost_scripts(
         # Redis no longer knows the hit script (restarted, SCRIPT FLUSH): the library's
         # own calls load it again, and the count goes on.
         bridge = limits.pipelined.bridge
-        if strategy == "moving-window":
-            bridge.lua_acquire_moving_window.sha = "0" * 40
-        else:
-            bridge.lua_acquire_sliding_window.sha = "0" * 40
+        script = {
+            "moving-window": bridge.lua_acquire_moving_window,
+            "sliding-window-counter": bridge.lua_acquire_sliding_window,
+            "fixed-window": bridge.lua_incr_expire,
+        }[strategy]
+        script.sha = "0" * 40
         second = await limits.check(check)
         assert second is not None and second.allowed and second.remaining == 1
         third = await limits.check(check)
