@@ -323,7 +323,7 @@ def test_the_redis_py_probe_reports_its_version_and_both_calls(settings: Any) ->
         assert figures["client_cpu_us"] > 0
 
 
-@pytest.mark.parametrize("strategy", ["sliding-window-counter", "moving-window"])
+@pytest.mark.parametrize("strategy", limiter.STRATEGIES)
 async def test_the_limiter_scenario_fills_windows_before_measuring(
     settings: Any, strategy: str
 ) -> None:
