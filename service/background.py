@@ -11,14 +11,18 @@ log = logging.getLogger("rankstream.background")
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     """Cancel a task and wait until it has ended; a failure while ending is logged (one
-    that ended it before this call was its awaiter's to see).
+    that ended it before this call is not: it was its awaiter's to report).
 
     `with suppress(CancelledError): await task` also swallows a cancellation of the
     *caller* that arrives while it waits, and the caller then runs on as if never
     cancelled: a consumer's cold-start loop did so when stopped while releasing its lock,
     and the consumer never exited. `asyncio.wait` raises the caller's cancellation and
     never the task's."""
-    if task is None or task.done():
+    if task is None:
+        return
+    if task.done():
+        if not task.cancelled():
+            task.exception()  # marked seen: a failure before this call was its awaiter's
         return
     task.cancel()
     await asyncio.wait({task})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -46,3 +47,23 @@ async def test_waits_for_the_task_to_end_and_logs_a_failure(
     assert task.done() and isinstance(task.exception(), RuntimeError)
     assert "cleanup broke" in caplog.text
     await cancel_and_wait(None)  # nothing to stop
+
+
+async def test_a_task_that_failed_before_is_left_quiet(caplog: pytest.LogCaptureFixture) -> None:
+    async def fails() -> None:
+        raise RuntimeError("failed on its own")
+
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context["message"]))
+    try:
+        task = asyncio.create_task(fails())
+        await asyncio.wait({task})
+        await cancel_and_wait(task)
+        del task
+        gc.collect()  # an exception never retrieved is reported when the task is collected
+    finally:
+        loop.set_exception_handler(handler)
+    assert "failed on its own" not in caplog.text
+    assert reported == []
