@@ -19,7 +19,6 @@ and a limiter outage must not turn into a full outage.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import ipaddress
 import logging
@@ -41,7 +40,7 @@ from redis.asyncio import Redis
 
 from service import metrics
 from service.settings import Settings
-from service.windowhit import WindowHits, hit_and_stats
+from service.windowhit import WindowHits
 from service.wire import ReadLink
 
 log = logging.getLogger("rankstream.ratelimit")
@@ -142,13 +141,8 @@ class RateLimits:
             **options,
         )
         self.limiter = STRATEGIES[settings.rate_limit_strategy](self.storage)
-        # The hot reads' hit and stats in one round trip instead of two (not the fixed window).
+        # A check's hit and stats in one round trip instead of the library's two.
         self.pipelined = WindowHits.of(self.limiter, link)
-        self._hit = (
-            self.pipelined.hit
-            if self.pipelined is not None
-            else functools.partial(hit_and_stats, self.limiter)
-        )
 
     async def check(self, checks: Iterable[tuple[RouteClass, str]]) -> Decision | None:
         """Count one hit against every (route class, identity); the tightest outcome.
@@ -160,7 +154,7 @@ class RateLimits:
         try:
             for what, identity in checks:
                 for item in self.items[what]:
-                    allowed, stats = await self._hit(item, what, identity)
+                    allowed, stats = await self.pipelined.hit(item, what, identity)
                     reset = max(0, math.ceil(stats.reset_time - time.time()))
                     decision = Decision(allowed, item.amount, stats.remaining, reset, what)
                     if not allowed:

@@ -45,7 +45,8 @@ Command = tuple[Arg, ...]
 
 
 class WindowHits(ABC):
-    """`hit` then `get_window_stats` of a limiter on redis-py, pipelined."""
+    """`hit` then `get_window_stats` of a limiter on redis-py, pipelined: each strategy
+    names its two commands and reads the window's stats from their replies."""
 
     def __init__(
         self, limiter: RateLimiter, bridge: RedispyBridge, link: ReadLink | None = None
@@ -55,24 +56,41 @@ class WindowHits(ABC):
         self.link = link
 
     @staticmethod
-    def of(limiter: RateLimiter, link: ReadLink | None = None) -> WindowHits | None:
-        """For a limiter of the library's three strategies on a redis-py storage; None for
-        any other. With `link` (to the storage's Redis), the commands are sent on it."""
+    def of(limiter: RateLimiter, link: ReadLink | None = None) -> WindowHits:
+        """For a limiter of the library's three strategies on a redis-py storage. With
+        `link` (to the storage's Redis), the commands are sent on it."""
         storage = limiter.storage
         bridge = getattr(storage, "bridge", None) if isinstance(storage, RedisStorage) else None
         if not isinstance(bridge, RedispyBridge):
-            return None
+            raise TypeError(f"not a redis-py storage: {storage!r}")
         if isinstance(limiter, MovingWindowRateLimiter):
             return MovingWindowHits(limiter, bridge, link)
         if isinstance(limiter, SlidingWindowCounterRateLimiter):
             return SlidingWindowHits(limiter, bridge, link)
         if isinstance(limiter, FixedWindowRateLimiter):
             return FixedWindowHits(limiter, bridge, link)
-        return None
+        raise TypeError(f"no pipelined hit for {type(limiter).__name__}")
 
-    @abstractmethod
     async def hit(self, item: RateLimitItem, *identifiers: str) -> tuple[bool, WindowStats]:
         """Count one hit (if the window has room) and the window's stats after it."""
+        now = time.time()
+        hit, stats = self._commands(item, item.key_for(*identifiers), now)
+        try:
+            replies = await self._both(hit, stats)
+        except NoScriptError:  # the library's own calls load the scripts again
+            allowed = await self.limiter.hit(item, *identifiers)
+            return allowed, await self.limiter.get_window_stats(item, *identifiers)
+        return self._answer(item, replies, now)
+
+    @abstractmethod
+    def _commands(self, item: RateLimitItem, key: str, now: float) -> tuple[Command, Command]:
+        """The hit's command and the stats' command for the limit's (unprefixed) key."""
+
+    @abstractmethod
+    def _answer(
+        self, item: RateLimitItem, replies: tuple[Any, Any], now: float
+    ) -> tuple[bool, WindowStats]:
+        """Whether the hit counted, and the window's stats, from the two replies."""
 
     async def _both(self, hit: Command, stats: Command) -> tuple[Any, Any]:
         """The replies of the two commands, sent in one round trip (NoScriptError if Redis
@@ -87,57 +105,47 @@ class WindowHits(ABC):
         acquired, window = await pipe.execute()
         return acquired, window
 
-    async def _library(
-        self, item: RateLimitItem, identifiers: tuple[str, ...]
-    ) -> tuple[bool, WindowStats]:
-        """The library's own two calls (they load lost scripts again)."""
-        return await hit_and_stats(self.limiter, item, *identifiers)
-
-
-async def hit_and_stats(
-    limiter: RateLimiter, item: RateLimitItem, *identifiers: str
-) -> tuple[bool, WindowStats]:
-    """`hit` then `get_window_stats`, the library's two calls (two round trips)."""
-    allowed = await limiter.hit(item, *identifiers)
-    return allowed, await limiter.get_window_stats(item, *identifiers)
-
 
 class MovingWindowHits(WindowHits):
     """The moving window: a list of hit times per key."""
 
-    async def hit(self, item: RateLimitItem, *identifiers: str) -> tuple[bool, WindowStats]:
+    def _commands(self, item: RateLimitItem, key: str, now: float) -> tuple[Command, Command]:
         bridge = self.bridge
-        key = bridge.prefixed_key(item.key_for(*identifiers))
+        key = bridge.prefixed_key(key)
         limit, expiry = item.amount, item.get_expiry()
-        now = time.time()
         sha = bridge.lua_acquire_moving_window.sha
         acquire = ("EVALSHA", sha, 1, key, repr(now), limit, expiry, 1)
         stats = ("EVALSHA", bridge.lua_moving_window.sha, 1, key, repr(now - expiry), limit)
-        try:
-            acquired, window = await self._both(acquire, stats)
-        except NoScriptError:
-            return await self._library(item, identifiers)
+        return acquire, stats
+
+    def _answer(
+        self, item: RateLimitItem, replies: tuple[Any, Any], now: float
+    ) -> tuple[bool, WindowStats]:
+        acquired, window = replies
         start, count = (float(window[0]), int(window[1])) if window else (now, 0)
-        return bool(acquired), WindowStats(start + expiry, limit - count)
+        return bool(acquired), WindowStats(start + item.get_expiry(), item.amount - count)
 
 
 class SlidingWindowHits(WindowHits):
     """The sliding window counter: this window's count and the previous one's, weighted by
     how much of the previous window still overlaps the sliding one (O(1) in Redis)."""
 
-    async def hit(self, item: RateLimitItem, *identifiers: str) -> tuple[bool, WindowStats]:
+    def _commands(self, item: RateLimitItem, key: str, now: float) -> tuple[Command, Command]:
         bridge = self.bridge
         # RedisStorage._current_window_key and _previous_window_key
-        current = bridge.prefixed_key(f"{{{item.key_for(*identifiers)}}}")
-        previous = bridge.prefixed_key(f"{{{item.key_for(*identifiers)}}}/-1")
+        current = bridge.prefixed_key(f"{{{key}}}")
+        previous = bridge.prefixed_key(f"{{{key}}}/-1")
         limit, expiry = item.amount, item.get_expiry()
         sha = bridge.lua_acquire_sliding_window.sha
         acquire = ("EVALSHA", sha, 2, previous, current, limit, expiry, 1)
         stats = ("EVALSHA", bridge.lua_sliding_window.sha, 2, previous, current, expiry)
-        try:
-            acquired, window = await self._both(acquire, stats)
-        except NoScriptError:
-            return await self._library(item, identifiers)
+        return acquire, stats
+
+    def _answer(
+        self, item: RateLimitItem, replies: tuple[Any, Any], now: float
+    ) -> tuple[bool, WindowStats]:
+        acquired, window = replies
+        limit, expiry = item.amount, item.get_expiry()
         window = window or [0, 0, 0, 0]
         before, now_count = int(window[0] or 0), int(window[2] or 0)
         before_ttl = max(0.0, float(window[1] or 0)) / 1000  # seconds left of each window
@@ -148,7 +156,6 @@ class SlidingWindowHits(WindowHits):
         # twice the window), where it reads 0 instead of the window's length.
         weighted = before * before_ttl / expiry + now_count
         remaining = max(0, limit - math.floor(weighted))
-        now = time.time()
         if not (before or now_count):
             return bool(acquired), WindowStats(now, remaining)
         before_reset = before_ttl % (expiry / before) if before else math.inf
@@ -159,17 +166,15 @@ class SlidingWindowHits(WindowHits):
 class FixedWindowHits(WindowHits):
     """The fixed window: one counter per key, made with the window's TTL by its first hit."""
 
-    async def hit(self, item: RateLimitItem, *identifiers: str) -> tuple[bool, WindowStats]:
-        bridge = self.bridge
-        key = bridge.prefixed_key(item.key_for(*identifiers))
-        incr = ("EVALSHA", bridge.lua_incr_expire.sha, 1, key, item.get_expiry(), 1)
-        try:
-            count, ttl = await self._both(incr, ("TTL", key))
-        except NoScriptError:
-            return await self._library(item, identifiers)
+    def _commands(self, item: RateLimitItem, key: str, now: float) -> tuple[Command, Command]:
+        key = self.bridge.prefixed_key(key)
+        incr = ("EVALSHA", self.bridge.lua_incr_expire.sha, 1, key, item.get_expiry(), 1)
+        return incr, ("TTL", key)
+
+    def _answer(
+        self, item: RateLimitItem, replies: tuple[Any, Any], now: float
+    ) -> tuple[bool, WindowStats]:
         # As FixedWindowRateLimiter: the hit counts when the count it made is within the
         # limit; the stats' GET would read that same count, in the same round trip.
-        count = int(count)
-        return count <= item.amount, WindowStats(
-            max(int(ttl), 0) + time.time(), max(0, item.amount - count)
-        )
+        count, ttl = int(replies[0]), int(replies[1])
+        return count <= item.amount, WindowStats(max(ttl, 0) + now, max(0, item.amount - count))
