@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from service import embedded, migrations
 from service.app import create_app
+from service.connections import redis_client
 from service.settings import Settings
 from tests.support import ADMIN_KEY
 
@@ -109,7 +110,10 @@ async def settings(servers: Servers) -> AsyncIterator[Settings]:
 
 @pytest.fixture
 async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.redis_url)
+    # The service's own client: code under test that is handed this one (jobs, cold start,
+    # rate limits) must run on the connection class it runs on in production, which keeps
+    # cancellations on Python 3.11 (service.connections.CancellableConnection).
+    client = redis_client(settings)
     yield client
     await client.aclose()
 
