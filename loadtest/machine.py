@@ -57,6 +57,34 @@ def loadavg() -> list[float]:
         return list(os.getloadavg())
 
 
+def cpu_jiffies() -> tuple[int, int]:
+    """(steal, all) clock ticks of every CPU since boot, from /proc/stat; (0, 0) elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    # user nice system idle iowait irq softirq steal [guest guest_nice, already in user]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+REFERENCE_LOOPS = 300_000
+
+
+def reference_loop_ms(repeats: int = 5) -> float:
+    """The best of `repeats` timings of a fixed pure-Python loop: the same work every run, so
+    that results from one machine on different days (a host shared with other machines,
+    a slower or faster one) can be told apart from a change in the code."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(REFERENCE_LOOPS):
+            total += i * i % 7
+        best = min(best, time.perf_counter() - t0)
+    return round(best * 1000, 2)
+
+
 def busy_processes(limit: int = 5) -> list[str]:
     """The processes using the most CPU right now (ps's lifetime %CPU), for context."""
     try:
@@ -100,6 +128,7 @@ def describe() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "python_implementation": platform.python_implementation(),
         "packages": {name: _version(name) for name in PACKAGES},
+        "reference_loop_ms": reference_loop_ms(),
     }
 
 
@@ -112,6 +141,7 @@ class LoadSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._t0 = time.monotonic()
+        self._jiffies = cpu_jiffies()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -123,11 +153,14 @@ class LoadSampler:
         return self
 
     def stop(self) -> dict[str, Any]:
-        """Stop sampling; the 1-minute load average's max and mean during the run."""
+        """Stop sampling; the 1-minute load average's max and mean during the run, and the
+        share of CPU time the hypervisor gave to others (steal) meanwhile."""
         self._stop.set()
         self._thread.join(timeout=5)
         values = [v for _, v in self.samples]
+        steal, total = (b - a for a, b in zip(self._jiffies, cpu_jiffies(), strict=True))
         return {
+            "steal_percent": round(100 * steal / total, 2) if total else None,
             "samples": len(values),
             "max_1min": max(values) if values else None,
             "mean_1min": round(sum(values) / len(values), 2) if values else None,

@@ -135,7 +135,10 @@ def _header(path: Path, run: dict[str, Any]) -> list[str]:
         "- packages: " + ", ".join(f"{k} {v}" for k, v in (m.get("packages") or {}).items() if v),
         f"- load average at start: {load.get('at_start')}; during the run (1-min): "
         f"max {load.get('max_1min')}, mean {load.get('mean_1min')}; "
-        f"at end {load.get('at_end')}",
+        f"at end {load.get('at_end')}; CPU steal during the run "
+        f"{_fmt(load.get('steal_percent'))}%",
+        f"- speed of the machine: a fixed Python loop in {_fmt(m.get('reference_loop_ms'))} ms"
+        " (best of 5; lower is faster)",
         f"- load generator: {run.get('load_generator', '—')}",
         f"- file: `loadtest/results/{path.name}`",
         "",
