@@ -73,8 +73,9 @@ REFERENCE_LOOPS = 300_000
 
 def reference_loop_ms(repeats: int = 5) -> float:
     """The best of `repeats` timings of a fixed pure-Python loop: the same work every run, so
-    that results from one machine on different days (a host shared with other machines,
-    a slower or faster one) can be told apart from a change in the code."""
+    that results from one machine at different times can be told apart from a change in
+    the code. On the shared VM of 2026-11-23 it moved between 15 and 29 ms within minutes,
+    with no steal reported (the host's other guests share caches and cores' siblings)."""
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -70,6 +70,7 @@ class Record:
     def save(self) -> Path:
         """Write the results file (`-<tag>` in its name when tagged) and the summary."""
         self.out["load"].update(self.sampler.stop())
+        self.out["machine"]["reference_loop_ms_at_end"] = machine.reference_loop_ms()
         name = stem(self.scenario) + (f"-{self.tag}" if self.tag else "")
         path = write(self.scenario, self.out, name=name)
         print(f"results: {path}\n{RESULTS_MD}", flush=True)
@@ -138,7 +139,8 @@ def _header(path: Path, run: dict[str, Any]) -> list[str]:
         f"at end {load.get('at_end')}; CPU steal during the run "
         f"{_fmt(load.get('steal_percent'))}%",
         f"- speed of the machine: a fixed Python loop in {_fmt(m.get('reference_loop_ms'))} ms"
-        " (best of 5; lower is faster)",
+        f" at the start, {_fmt(m.get('reference_loop_ms_at_end'))} ms at the end"
+        " (best of 5 each; lower is faster)",
         f"- load generator: {run.get('load_generator', '—')}",
         f"- file: `loadtest/results/{path.name}`",
         "",
