@@ -15,6 +15,8 @@ Scenarios (see `python -m loadtest --help`):
 - `reads`: read throughput and latency of top-10, player rank and around-me on a board
   of 1,000,000 ranked players, driven by wrk.
 - `rebuild`: rebuild of a 1,000,000-player board from Postgres.
+- `baseline`: Litestar on granian answering a constant JSON, which issue 4 quotes for the
+  machine its goals were set on: how fast this machine is, right now, against that one.
 
 Every run starts its own embedded Redis and PostgreSQL in a fresh temporary folder (`all`
 and `soak` can use given servers instead), talks to 127.0.0.1 only, stops everything it

@@ -7,7 +7,18 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from loadtest import clients, fallback, ingest, limiter, plot, reads, rebuild, results, suite
+from loadtest import (
+    baseline,
+    clients,
+    fallback,
+    ingest,
+    limiter,
+    plot,
+    reads,
+    rebuild,
+    results,
+    suite,
+)
 
 Entry = Callable[[argparse.Namespace], int]
 
@@ -35,6 +46,12 @@ _SCENARIOS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Entr
         ingest.run,
     ),
     ("reads", "top-10, player rank and around-me with wrk", reads.add_arguments, reads.run),
+    (
+        "baseline",
+        "Litestar on granian answering a constant JSON: this machine against issue 4's",
+        baseline.add_arguments,
+        baseline.run,
+    ),
     (
         "limiter",
         "the rate limiter's Redis and client CPU per check, by strategy and window fill",

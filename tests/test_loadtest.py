@@ -18,7 +18,17 @@ import msgspec
 import pytest
 import redis as redis_py
 
-from loadtest import dataset, limiter, limits, procstat, reads, results, summary, wrk
+from loadtest import (
+    baseline,
+    dataset,
+    limiter,
+    limits,
+    procstat,
+    reads,
+    results,
+    summary,
+    wrk,
+)
 from loadtest.records import DataRecord, Latency, RunRecord, SuiteResult, Usage
 
 
@@ -332,3 +342,29 @@ async def test_the_limiter_scenario_fills_windows_before_measuring(
     # 300/minute: after 295 hits each client has 5 left of its 10 measured checks
     assert (found["checks"], found["refused"]) == (30, 15)
     assert found["redis_cpu_us"] > 0 and found["client_cpu_us"] > 0
+
+
+def test_the_baseline_serves_as_the_api_is_served() -> None:
+    # The constant answer is measured under the API's own granian flags, so that the two
+    # figures differ only by what the API does.
+    from service.settings import Settings
+    from service.up import api_command
+
+    api = api_command(Settings(host="127.0.0.1", port=8123, api_workers=2))
+    constant = baseline._command(8123, 2)
+    assert "loadtest.baseline_app:app" in constant
+    factory = api.index("--factory")
+    assert api[:factory] + api[factory + 2 :] == [
+        c for c in constant if c != "loadtest.baseline_app:app"
+    ]
+
+
+def test_machine_speed_is_in_every_results_header(tmp_path: Path) -> None:
+    run = {
+        "scenario": "x",
+        "machine": {"reference_loop_ms": 15.5, "reference_loop_ms_at_end": 24.25},
+        "load": {"steal_percent": 14.56},
+    }
+    header = "\n".join(results._header(tmp_path / "x.json", run))
+    assert "CPU steal during the run 14.56%" in header
+    assert "15.50 ms at the start, 24.25 ms at the end" in header
