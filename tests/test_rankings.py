@@ -378,6 +378,47 @@ async def test_current_period_without_players_is_empty_not_an_error(
     assert answer.headers["x-rankstream-source"] == "postgres"
 
 
+async def test_a_board_shows_each_windows_current_period_reset_and_players(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    pg: asyncpg.Connection,
+    redis: Redis,
+) -> None:
+    board = await make_board(client, windows=("all", "daily", "weekly", "monthly"))
+    now = datetime.now(UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    monday = midnight - timedelta(days=midnight.weekday())
+    first = midnight.replace(day=1)
+    next_month = (first + timedelta(days=32)).replace(day=1)
+    today, this_week = now.strftime("%Y-%m-%d"), now.strftime("%G-W%V")
+    last_week = (now - timedelta(days=7)).strftime("%G-W%V")
+    await seed(pg, redis, board, [Seed("a", 3), Seed("b", 2), Seed("c", 1)])
+    await seed(pg, redis, board, [Seed("a", 3), Seed("b", 2)], "daily", today)
+    # last week's players are not this week's
+    await seed(pg, redis, board, [Seed("a", 5)], "weekly", last_week, to_redis=False)
+    answer = await client.get(f"/v1/leaderboards/{board.id}")
+    assert answer.status_code == 200
+    shown = {p["window"]: p for p in answer.json()["periods"]}
+    assert list(shown) == ["all", "daily", "weekly", "monthly"]
+
+    def at(text: str | None) -> datetime | None:
+        return None if text is None else datetime.fromisoformat(text)
+
+    expected = {
+        "all": ("all", board.created_at, None, 3),
+        "daily": (today, midnight, midnight + timedelta(days=1), 2),
+        "weekly": (this_week, monday, monday + timedelta(days=7), 0),
+        "monthly": (now.strftime("%Y-%m"), first, next_month, 0),
+    }
+    for window, (period, starts, resets, players) in expected.items():
+        got = shown[window]
+        assert (got["period"], at(got["starts_at"]), at(got["resets_at"]), got["players"]) == (
+            period,
+            starts,
+            resets,
+            players,
+        ), window
+
+
 # --- conditional GET --------------------------------------------------------------------
 
 
