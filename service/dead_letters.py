@@ -10,6 +10,7 @@ it is replayed. Payloads that still do not decode are left alone (and reported).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import asyncpg
 import msgspec
@@ -41,7 +42,7 @@ MARK_REPLAYED = "UPDATE dead_letters SET replayed_at = now() WHERE id = ANY($1::
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     """A poison entry, with what could be decoded of it."""
 
-    id: int
+    id: Annotated[int, msgspec.Meta(examples=[7])]
     stream_id: str
     reason: str
     deliveries: int
@@ -57,7 +58,7 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
 class ReplayResult(msgspec.Struct, frozen=True, kw_only=True):
     """What a replay did."""
 
-    replayed: list[int]
+    replayed: Annotated[list[int], msgspec.Meta(examples=[[7, 9]])]
     """Dead letters sent to the submission stream again."""
     undecodable: list[int]
     """Dead letters left alone: their payload is not a submission."""

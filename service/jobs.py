@@ -15,7 +15,7 @@ import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 from redis.asyncio import Redis
@@ -33,7 +33,7 @@ Work = Callable[[Progress], Awaitable[RebuildReport]]
 class JobView(msgspec.Struct, frozen=True, kw_only=True):
     """A background job's progress."""
 
-    id: str
+    id: Annotated[str, msgspec.Meta(examples=["4c1d9e2a7b3f5a60"])]
     kind: str
     board_id: str
     window: str | None

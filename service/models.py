@@ -128,7 +128,7 @@ class PeriodInfo(msgspec.Struct, frozen=True):
 class BoardView(msgspec.Struct, frozen=True, kw_only=True):
     """A board as `GET /v1/leaderboards/{id}` shows it."""
 
-    id: str
+    id: Annotated[str, msgspec.Meta(examples=["arena-season-3"])]
     order: Order
     operator: Operator
     windows: tuple[Window, ...]
@@ -176,22 +176,24 @@ class ScoreBatch(msgspec.Struct, forbid_unknown_fields=True):
 class Accepted(msgspec.Struct, frozen=True):
     """Answer 202 to a single submission."""
 
-    event_id: str
+    event_id: Annotated[str, msgspec.Meta(examples=["9b2f6c1e-7d4a-4f7e-9c1b-2a6d8e0f3b55"])]
 
 
 class BatchAccepted(msgspec.Struct, frozen=True):
     """Answer 202 to a batch."""
 
-    event_ids: list[str]
+    event_ids: Annotated[
+        list[str], msgspec.Meta(examples=[["9b2f6c1e-7d4a-4f7e-9c1b-2a6d8e0f3b55"]])
+    ]
 
 
 class Applied(msgspec.Struct, frozen=True):
     """Answer to `?wait=true` once the event is applied (`all` window, current period)."""
 
-    event_id: str
-    score: int | None
-    rank: int | None
-    previous_rank: int | None
+    event_id: Annotated[str, msgspec.Meta(examples=["9b2f6c1e-7d4a-4f7e-9c1b-2a6d8e0f3b55"])]
+    score: Annotated[int | None, msgspec.Meta(examples=[98_400])]
+    rank: Annotated[int | None, msgspec.Meta(examples=[87])]
+    previous_rank: Annotated[int | None, msgspec.Meta(examples=[120])]
 
 
 class ScoreEvent(msgspec.Struct, frozen=True, array_like=True):

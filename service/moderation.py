@@ -25,6 +25,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Annotated
 
 import asyncpg
 import msgspec
@@ -75,7 +76,7 @@ def player_digest(player_id: str) -> str:
 class BanResult(msgspec.Struct, frozen=True):
     """Answer of ban and unban."""
 
-    player_id: str
+    player_id: Annotated[str, msgspec.Meta(examples=["player:42"])]
     banned: bool
     entries: int  # rows of the player, every board window period
 
@@ -83,7 +84,7 @@ class BanResult(msgspec.Struct, frozen=True):
 class EraseResult(msgspec.Struct, frozen=True):
     """What erasing a player removed."""
 
-    player_id: str
+    player_id: Annotated[str, msgspec.Meta(examples=["player:42"])]
     rows: int
     events: int
     redis_entries: int

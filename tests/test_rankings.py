@@ -336,9 +336,11 @@ async def test_unknown_board_and_unranked_player_are_404_problems(
     pg: asyncpg.Connection,
     redis: Redis,
 ) -> None:
-    missing = await client.get("/v1/leaderboards/nope/top")
-    assert missing.status_code == 404
-    assert missing.json()["title"] == "Unknown leaderboard"
+    for path in ("/v1/leaderboards/nope/top", "/v1/leaderboards/nope"):
+        missing = await client.get(path)
+        assert missing.status_code == 404
+        assert missing.json()["title"] == "Unknown leaderboard"
+        assert missing.json()["field"] == "board_id"  # the path parameter, as /schema says
     board = await make_board(client)
     await seed(pg, redis, board, [Seed("p", 1)])
     for path in (

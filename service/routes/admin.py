@@ -20,6 +20,7 @@ from service.auth import authorize
 from service.boards import UnknownBoard
 from service.models import BoardId, PlayerId, Window
 from service.problems import Problem, invalid
+from service.routes import openapi
 from service.routes.boards import find_board
 from service.routes.limiting import limit_admin
 from service.state import Services
@@ -47,8 +48,8 @@ def _background(coro: Coroutine[Any, Any, Any], what: str) -> None:
 class JobAccepted(msgspec.Struct, frozen=True):
     """Answer of a request that started a background job."""
 
-    job_id: str
-    status_url: str
+    job_id: Annotated[str, msgspec.Meta(examples=["4c1d9e2a7b3f5a60"])]
+    status_url: Annotated[str, msgspec.Meta(examples=["/v1/admin/jobs/4c1d9e2a7b3f5a60"])]
 
 
 async def _admin(request: Request, services: Services) -> None:  # type: ignore[type-arg]
@@ -61,11 +62,12 @@ async def _admin(request: Request, services: Services) -> None:  # type: ignore[
     tags=["admin"],
     summary="Rebuild a board's rankings from Postgres in the background (admin).",
     status_code=202,
+    responses=openapi.errors(openapi.FORBIDDEN, openapi.UNKNOWN_BOARD, openapi.INVALID),
 )
 async def start_rebuild(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
-    board_id: BoardId = Parameter(title="Leaderboard id"),
+    board_id: BoardId = openapi.BOARD_ID,
     window: Window | None = Parameter(default=None, description="Only this window."),
     period: str | None = Parameter(
         default=None, description="Only this period of `window` (`current`, `previous`, id)."
@@ -109,11 +111,19 @@ async def start_rebuild(
     return JobAccepted(job_id=job_id, status_url=f"/v1/admin/jobs/{job_id}")
 
 
-@get("/v1/admin/jobs/{job_id:str}", tags=["admin"], summary="A background job's progress.")
+@get(
+    "/v1/admin/jobs/{job_id:str}",
+    tags=["admin"],
+    summary="A background job's progress.",
+    responses=openapi.errors(
+        openapi.FORBIDDEN,
+        openapi.UNKNOWN_JOB,
+    ),
+)
 async def get_job(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
-    job_id: str = Parameter(title="Job id", max_length=64),
+    job_id: str = openapi.JOB_ID,
 ) -> jobs.JobView:
     """State (`queued`, `running`, `done`, `failed`), rows done of total, the report."""
     await _admin(request, services)
@@ -140,11 +150,12 @@ async def _ban(services: Services, player_id: str, banned: bool) -> moderation.B
     tags=["admin"],
     summary="Ban a player: hidden from every board, later submissions ignored (admin).",
     status_code=200,
+    responses=openapi.errors(openapi.FORBIDDEN, openapi.INVALID),
 )
 async def ban_player(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
-    player_id: PlayerId = Parameter(title="Player id"),
+    player_id: PlayerId = openapi.PLAYER_ID,
 ) -> moderation.BanResult:
     """Flag the player and remove them from every sorted set."""
     await _admin(request, services)
@@ -168,11 +179,12 @@ async def ban_player(
     tags=["admin"],
     summary="Unban a player: their entries come back (admin).",
     status_code=200,
+    responses=openapi.errors(openapi.FORBIDDEN, openapi.INVALID),
 )
 async def unban_player(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
-    player_id: PlayerId = Parameter(title="Player id"),
+    player_id: PlayerId = openapi.PLAYER_ID,
 ) -> moderation.BanResult:
     """Clear the flag and put the player's rows back into the sets."""
     await _admin(request, services)
@@ -183,12 +195,17 @@ async def unban_player(
     "/v1/leaderboards/{board_id:str}/players/{player_id:str}",
     tags=["admin"],
     summary="Remove one player's entry from a board (admin).",
+    responses=openapi.errors(
+        openapi.FORBIDDEN,
+        openapi.INVALID,
+        openapi.NO_ENTRY,
+    ),
 )
 async def remove_entry(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
-    board_id: BoardId = Parameter(title="Leaderboard id"),
-    player_id: PlayerId = Parameter(title="Player id"),
+    board_id: BoardId = openapi.BOARD_ID,
+    player_id: PlayerId = openapi.PLAYER_ID,
 ) -> None:
     """204; 404 when the player has no entry on the board."""
     await _admin(request, services)
@@ -207,11 +224,16 @@ async def remove_entry(
     tags=["admin"],
     summary="Erase a player everywhere (GDPR) (admin).",
     status_code=200,
+    responses=openapi.errors(
+        openapi.FORBIDDEN,
+        openapi.INVALID,
+        openapi.UNKNOWN_PLAYER,
+    ),
 )
 async def erase_player(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
-    player_id: PlayerId = Parameter(title="Player id"),
+    player_id: PlayerId = openapi.PLAYER_ID,
 ) -> moderation.EraseResult:
     """Profile, scores, events and every Redis member and name; 404 if nothing is stored."""
     await _admin(request, services)
@@ -232,11 +254,12 @@ async def erase_player(
     "/v1/leaderboards/{board_id:str}",
     tags=["admin"],
     summary="Delete a board with all its data (admin).",
+    responses=openapi.errors(openapi.FORBIDDEN, openapi.UNKNOWN_BOARD, openapi.INVALID),
 )
 async def delete_board(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
-    board_id: BoardId = Parameter(title="Leaderboard id"),
+    board_id: BoardId = openapi.BOARD_ID,
 ) -> None:
     """204: configuration, rows, events and every Redis key of the board are gone."""
     await _admin(request, services)
@@ -244,7 +267,7 @@ async def delete_board(
         await moderation.delete_board(services.redis, services.pg, board_id)
     except UnknownBoard:
         raise Problem(
-            404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="id"
+            404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="board_id"
         ) from None
     await services.boards.reload()
     delay = services.settings.board_cache_ttl_s + 1.0
@@ -265,12 +288,19 @@ class ReplayRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ids: list[Annotated[int, msgspec.Meta(ge=1)]] | None = msgspec.field(default=None)
 
 
-@get("/v1/admin/dead-letters", tags=["admin"], summary="Dead letters (admin).")
+@get(
+    "/v1/admin/dead-letters",
+    tags=["admin"],
+    summary="Dead letters (admin).",
+    responses=openapi.errors(openapi.FORBIDDEN, openapi.INVALID),
+)
 async def list_dead_letters(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
     replayed: bool = Parameter(default=False, description="Include replayed ones too."),
-    limit: int = Parameter(default=100, ge=1, le=dead_letters.LIST_LIMIT),
+    limit: int = Parameter(
+        default=100, ge=1, le=dead_letters.LIST_LIMIT, description="Most entries listed."
+    ),
 ) -> DeadLetterList:
     """Poison entries the consumers set aside, with what could be decoded of them."""
     await _admin(request, services)
@@ -283,6 +313,7 @@ async def list_dead_letters(
     tags=["admin"],
     summary="Replay dead letters into the submission stream (admin).",
     status_code=200,
+    responses=openapi.errors(openapi.MALFORMED, openapi.FORBIDDEN, openapi.INVALID),
 )
 async def replay_dead_letters(
     request: Request,  # type: ignore[type-arg]

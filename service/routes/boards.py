@@ -6,12 +6,13 @@ from datetime import UTC, datetime
 
 from litestar import Request, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody, Parameter
+from litestar.params import JSONBody
 
 from service import boards, coldstart
 from service.auth import authorize
 from service.models import Board, BoardCreate, BoardId, BoardList, BoardPatch, BoardView
 from service.problems import Problem, decode_body
+from service.routes import openapi
 from service.routes.limiting import limit, limit_admin
 from service.state import Services
 
@@ -22,11 +23,21 @@ async def find_board(services: Services, board_id: str) -> Board:
         return await services.boards.get(board_id)
     except boards.UnknownBoard:
         raise Problem(
-            404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="id"
+            404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="board_id"
         ) from None
 
 
-@post("/v1/leaderboards", tags=["leaderboards"], summary="Create a leaderboard (admin).")
+@post(
+    "/v1/leaderboards",
+    tags=["leaderboards"],
+    summary="Create a leaderboard (admin).",
+    responses=openapi.errors(
+        openapi.MALFORMED,
+        openapi.FORBIDDEN,
+        openapi.INVALID,
+        openapi.BOARD_EXISTS,
+    ),
+)
 async def create_board(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
@@ -47,7 +58,12 @@ async def create_board(
     return await boards.view(services.pg, board, datetime.now(UTC))
 
 
-@get("/v1/leaderboards", tags=["leaderboards"], summary="Every leaderboard.")
+@get(
+    "/v1/leaderboards",
+    tags=["leaderboards"],
+    summary="Every leaderboard.",
+    responses=openapi.errors(),
+)
 async def list_boards(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
@@ -62,11 +78,16 @@ async def list_boards(
     )
 
 
-@get("/v1/leaderboards/{board_id:str}", tags=["leaderboards"], summary="One leaderboard.")
+@get(
+    "/v1/leaderboards/{board_id:str}",
+    tags=["leaderboards"],
+    summary="One leaderboard.",
+    responses=openapi.errors(openapi.UNKNOWN_BOARD, openapi.INVALID),
+)
 async def get_board(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
-    board_id: BoardId = Parameter(title="Leaderboard id"),
+    board_id: BoardId = openapi.BOARD_ID,
 ) -> BoardView:
     """Configuration, each window's current period with start and reset, player counts."""
     await authorize(services.keys, request.headers, "reader", services.settings.public_reads)
@@ -79,12 +100,15 @@ async def get_board(
     "/v1/leaderboards/{board_id:str}",
     tags=["leaderboards"],
     summary="Change a leaderboard's title, bounds or metadata (admin).",
+    responses=openapi.errors(
+        openapi.MALFORMED, openapi.FORBIDDEN, openapi.UNKNOWN_BOARD, openapi.INVALID
+    ),
 )
 async def patch_board(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
     data: JSONBody[BoardPatch],
-    board_id: BoardId = Parameter(title="Leaderboard id"),
+    board_id: BoardId = openapi.BOARD_ID,
 ) -> BoardView:
     """Order, operator, windows and ties stay: changing them means `rebuild --from-events`."""
     await authorize(services.keys, request.headers, "admin", services.settings.public_reads)
@@ -95,7 +119,7 @@ async def patch_board(
         changed = await boards.patch(services.pg, board, data)
     except boards.UnknownBoard:
         raise Problem(
-            404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="id"
+            404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="board_id"
         ) from None
     services.boards.put(changed)
     return await boards.view(services.pg, changed, datetime.now(UTC))

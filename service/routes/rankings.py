@@ -16,7 +16,6 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import Example
 from litestar.params import JSONBody, Parameter
 
 from service import answers, pgranking, ranking
@@ -27,7 +26,6 @@ from service.models import (
     BoardId,
     PlayerId,
     PlayerRank,
-    ProblemDetails,
     RanksPage,
     RanksRequest,
     TopPage,
@@ -36,6 +34,7 @@ from service.models import (
 from service.pagecache import Page
 from service.problems import Problem, invalid
 from service.ratelimit import RouteClass
+from service.routes import openapi
 from service.routes.boards import find_board
 from service.routes.limiting import limit
 from service.state import Services
@@ -57,25 +56,15 @@ _HEADERS = [
 ]
 
 
-def _problem_spec(description: str, example: dict[str, Any]) -> ResponseSpec:
-    return ResponseSpec(
-        data_container=ProblemDetails,
-        description=description,
-        media_type="application/problem+json",
-        examples=[Example(summary=description, value=example)],
-    )
-
-
-_UNKNOWN_BOARD = _problem_spec(
+_UNKNOWN_BOARD = openapi.problem(
+    404,
     "Unknown leaderboard, or the player is unranked",
-    {"title": "Player not ranked", "status": 404, "detail": "...", "field": "player_id"},
-)
-_INVALID = _problem_spec(
-    "A parameter is invalid; `field` names it",
-    {"title": "Invalid request", "status": 422, "detail": "limit: ...", "field": "limit"},
+    "Player not ranked",
+    "'player:42' has no rank on 'arena-season-3' (all all)",
+    "player_id",
 )
 _NOT_MODIFIED = ResponseSpec(data_container=None, description="Not modified (If-None-Match).")
-_GET_RESPONSES = {304: _NOT_MODIFIED, 404: _UNKNOWN_BOARD, 422: _INVALID}
+_GET_RESPONSES = {304: _NOT_MODIFIED, **openapi.errors(_UNKNOWN_BOARD, openapi.INVALID)}
 
 WINDOW_PARAM = Parameter(
     default=None,
@@ -156,7 +145,7 @@ def _unranked(player_id: str, source: str) -> Problem:
 async def top(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
-    board_id: BoardId = Parameter(title="Leaderboard id"),
+    board_id: BoardId = openapi.BOARD_ID,
     window: Window | None = WINDOW_PARAM,
     period: str = PERIOD_PARAM,
     limit: int = Parameter(default=10, ge=1, le=100, description="Entries per page (1-100)."),
@@ -202,8 +191,8 @@ async def top(
 async def player(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
-    board_id: BoardId = Parameter(title="Leaderboard id"),
-    player_id: PlayerId = Parameter(title="Player id"),
+    board_id: BoardId = openapi.BOARD_ID,
+    player_id: PlayerId = openapi.PLAYER_ID,
     window: Window | None = WINDOW_PARAM,
     period: str = PERIOD_PARAM,
 ) -> Response[PlayerRank]:
@@ -233,8 +222,8 @@ async def player(
 async def around(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
-    board_id: BoardId = Parameter(title="Leaderboard id"),
-    player_id: PlayerId = Parameter(title="Player id"),
+    board_id: BoardId = openapi.BOARD_ID,
+    player_id: PlayerId = openapi.PLAYER_ID,
     window: Window | None = WINDOW_PARAM,
     period: str = PERIOD_PARAM,
     radius: int = Parameter(
@@ -261,13 +250,13 @@ async def around(
     summary="Ranks of up to 100 players (friends board).",
     status_code=200,
     response_headers=_HEADERS,
-    responses={404: _UNKNOWN_BOARD, 422: _INVALID},
+    responses=openapi.errors(openapi.MALFORMED, _UNKNOWN_BOARD, openapi.INVALID),
 )
 async def ranks(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
     data: JSONBody[RanksRequest],
-    board_id: BoardId = Parameter(title="Leaderboard id"),
+    board_id: BoardId = openapi.BOARD_ID,
     window: Window | None = WINDOW_PARAM,
     period: str = PERIOD_PARAM,
 ) -> Response[RanksPage]:

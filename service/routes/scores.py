@@ -20,6 +20,7 @@ from service.models import (
     ScoreSubmit,
 )
 from service.problems import Problem, decode_body
+from service.routes import openapi
 from service.routes.limiting import Counted, limit, limit_items
 from service.state import Services
 
@@ -65,12 +66,13 @@ async def _accepting(request: Request, services: Services, subject: str | None) 
     tags=["scores"],
     summary="Submit a score.",
     status_code=202,
+    responses=openapi.errors(openapi.MALFORMED, openapi.UNKNOWN_BOARD, openapi.INVALID),
 )
 async def submit_score(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
     data: JSONBody[ScoreSubmit],
-    board_id: BoardId = Parameter(title="Leaderboard id"),
+    board_id: BoardId = openapi.BOARD_ID,
     wait: bool = Parameter(
         default=False, description="Answer once applied (200) or 202 after a timeout."
     ),
@@ -95,7 +97,17 @@ async def submit_score(
     return Response(Accepted(event.event_id), status_code=202)
 
 
-@post("/v1/scores/batch", tags=["scores"], summary="Submit up to 500 scores.", status_code=202)
+@post(
+    "/v1/scores/batch",
+    tags=["scores"],
+    summary="Submit up to 500 scores.",
+    status_code=202,
+    responses=openapi.errors(
+        openapi.MALFORMED,
+        openapi.INVALID,
+        openapi.UNKNOWN_BOARD_IN_BATCH,
+    ),
+)
 async def submit_batch(
     request: Request,  # type: ignore[type-arg]
     services: NamedDependency[Services],
