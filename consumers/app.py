@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import asyncpg
 import redis.exceptions
 import uvloop
-from faststream import Context, FastStream
+from faststream import FastStream
 from faststream.message import StreamMessage
 from faststream.middlewares import AckPolicy
 from faststream.redis import RedisBroker, StreamSub
@@ -340,11 +340,11 @@ async def _raw(message: Any, _original: Any) -> StreamMessage[Any]:
     return StreamMessage(raw_message=message, body=b"")
 
 
-async def _no_decode(_message: StreamMessage[Any], _original: Any) -> None:
-    return None
-
-
-def _entries(message: StreamMessage[Any]) -> list[Entry]:
+async def _entries(message: StreamMessage[Any], _original: Any) -> list[Entry]:
+    """The batch's entries as the handler's body, so the handler takes the body alone: a
+    `Context()` parameter is resolved by FastStream's dependency injection in a worker
+    thread, one thread hop per batch. (Its share of py-spy's samples, ~8%, was mostly that
+    thread waiting: throughput did not change measurably without it.)"""
     raw = message.raw_message
     return list(zip(raw["message_ids"], raw["data"], strict=True))
 
@@ -393,9 +393,9 @@ def build(settings: Settings, signals: list[int] | None = None) -> FastStream:
         polling_interval=settings.batch_block_ms,
     )
 
-    @broker.subscriber(stream=reader, parser=_raw, decoder=_no_decode, ack_policy=AckPolicy.MANUAL)
-    async def on_batch(body: Any, message: StreamMessage[Any] = Context()) -> None:
-        await worker.handle(_entries(message), claimed=False)
+    @broker.subscriber(stream=reader, parser=_raw, decoder=_entries, ack_policy=AckPolicy.MANUAL)
+    async def on_batch(entries: Any) -> None:
+        await worker.handle(entries, claimed=False)
 
     app = FastStream(broker)
 
