@@ -12,16 +12,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 from loadtest import machine, results, wrk
-from loadtest.stack import free_port
+from loadtest.stack import Harness, free_port, http_status
 from loadtest.stats import figure
+from service import up
+from service.settings import Settings
 
 ISSUE_REQ_S = 18_000  # issue 4: "Litestar on granian answers a constant JSON at ~18,000 req/s"
 
@@ -36,32 +35,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _command(port: int, workers: int) -> list[str]:
-    """As service.up.api_command, serving the constant answer instead of the API."""
-    return [
-        sys.executable, "-m", "granian",
-        "--interface", "asgi",
-        "--loop", "uvloop",
-        "loadtest.baseline_app:app",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--workers", str(workers),
-        "--no-ws",
-        "--log-level", "warning",
-    ]  # fmt: skip
+    """service.up.api_command (the API's own flags), serving the constant answer instead."""
+    api = up.api_command(Settings(host="127.0.0.1", port=port, api_workers=workers))
+    at = api.index("--factory")
+    return [*api[:at], "loadtest.baseline_app:app", *api[at + 2 :]]
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while http_status(url) != 200:
         if proc.poll() is not None:
             raise RuntimeError(f"granian exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("granian did not answer")
         time.sleep(0.1)
-    raise RuntimeError("granian did not answer")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,7 +65,10 @@ def run(args: argparse.Namespace) -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     proc = subprocess.Popen(
-        _command(port, args.workers), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _command(port, args.workers),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own group, which Harness.stop_child ends with it
     )
     try:
         if binary is None:
@@ -110,10 +100,6 @@ def run(args: argparse.Namespace) -> int:
         record.failed(exc)
         failed = True
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        Harness.stop_child(proc)
     record.save()
     return 1 if failed else 0

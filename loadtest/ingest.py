@@ -379,9 +379,10 @@ def run(args: argparse.Namespace) -> int:
         # Each drain on a stack of its own: a second drain into the same tables would update
         # the rows the first one inserted, which is other work.
         for i in range(args.repeat):
+            last = i == args.repeat - 1
             with _stack(args, out) as harness:
-                asyncio.run(_throughput_run(harness, args, rng, out, i == args.repeat - 1))
-                if i == args.repeat - 1 and not args.skip_latency:
+                asyncio.run(_throughput_run(harness, args, rng, out, last))
+                if last and not args.skip_latency:
                     asyncio.run(_latency_run(harness, args, rng, out))
         _throughput_figures(out)
     except Exception as exc:

@@ -43,7 +43,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _status(url: str) -> int | None:
+def http_status(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=2) as answer:
             return int(answer.status)
@@ -62,10 +62,10 @@ def wait_api(base_url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return None
-        ready = _status(base_url + "/health/ready")
+        ready = http_status(base_url + "/health/ready")
         if ready == 200:
             return 200
-        if live_since is None and _status(base_url + "/health/live") == 200:
+        if live_since is None and http_status(base_url + "/health/live") == 200:
             live_since = time.monotonic()
         if live_since is not None and time.monotonic() - live_since > 10:
             return ready

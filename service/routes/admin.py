@@ -21,7 +21,7 @@ from service.boards import UnknownBoard
 from service.models import BoardId, PlayerId, Window
 from service.problems import Problem, invalid
 from service.routes import openapi
-from service.routes.boards import find_board
+from service.routes.boards import find_board, unknown_board
 from service.routes.limiting import limit_admin
 from service.state import Services
 
@@ -115,10 +115,7 @@ async def start_rebuild(
     "/v1/admin/jobs/{job_id:str}",
     tags=["admin"],
     summary="A background job's progress.",
-    responses=openapi.errors(
-        openapi.FORBIDDEN,
-        openapi.UNKNOWN_JOB,
-    ),
+    responses=openapi.errors(openapi.FORBIDDEN, openapi.UNKNOWN_JOB),
 )
 async def get_job(
     request: Request,  # type: ignore[type-arg]
@@ -195,11 +192,7 @@ async def unban_player(
     "/v1/leaderboards/{board_id:str}/players/{player_id:str}",
     tags=["admin"],
     summary="Remove one player's entry from a board (admin).",
-    responses=openapi.errors(
-        openapi.FORBIDDEN,
-        openapi.INVALID,
-        openapi.NO_ENTRY,
-    ),
+    responses=openapi.errors(openapi.FORBIDDEN, openapi.INVALID, openapi.NO_ENTRY),
 )
 async def remove_entry(
     request: Request,  # type: ignore[type-arg]
@@ -224,11 +217,7 @@ async def remove_entry(
     tags=["admin"],
     summary="Erase a player everywhere (GDPR) (admin).",
     status_code=200,
-    responses=openapi.errors(
-        openapi.FORBIDDEN,
-        openapi.INVALID,
-        openapi.UNKNOWN_PLAYER,
-    ),
+    responses=openapi.errors(openapi.FORBIDDEN, openapi.INVALID, openapi.UNKNOWN_PLAYER),
 )
 async def erase_player(
     request: Request,  # type: ignore[type-arg]
@@ -266,9 +255,7 @@ async def delete_board(
     try:
         await moderation.delete_board(services.redis, services.pg, board_id)
     except UnknownBoard:
-        raise Problem(
-            404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="board_id"
-        ) from None
+        raise unknown_board(board_id) from None
     await services.boards.reload()
     delay = services.settings.board_cache_ttl_s + 1.0
     _background(

@@ -17,14 +17,17 @@ from service.routes.limiting import limit, limit_admin
 from service.state import Services
 
 
+def unknown_board(board_id: str, field: str = "board_id") -> Problem:
+    """The 404 problem of a leaderboard id that names no board; `field` says where it was."""
+    return Problem(404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field=field)
+
+
 async def find_board(services: Services, board_id: str) -> Board:
     """The board, or a 404 problem naming it."""
     try:
         return await services.boards.get(board_id)
     except boards.UnknownBoard:
-        raise Problem(
-            404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="board_id"
-        ) from None
+        raise unknown_board(board_id) from None
 
 
 @post(
@@ -32,10 +35,7 @@ async def find_board(services: Services, board_id: str) -> Board:
     tags=["leaderboards"],
     summary="Create a leaderboard (admin).",
     responses=openapi.errors(
-        openapi.MALFORMED,
-        openapi.FORBIDDEN,
-        openapi.INVALID,
-        openapi.BOARD_EXISTS,
+        openapi.MALFORMED, openapi.FORBIDDEN, openapi.INVALID, openapi.BOARD_EXISTS
     ),
 )
 async def create_board(
@@ -118,9 +118,7 @@ async def patch_board(
     try:
         changed = await boards.patch(services.pg, board, data)
     except boards.UnknownBoard:
-        raise Problem(
-            404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="board_id"
-        ) from None
+        raise unknown_board(board_id) from None
     services.boards.put(changed)
     return await boards.view(services.pg, changed, datetime.now(UTC))
 

@@ -34,8 +34,12 @@ def problem(
     field: str | None = None,
 ) -> Responses:
     """One documented problem answer, with an example body."""
-    example: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
-    example["detail"] = detail
+    example: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
     if field is not None:
         example["field"] = field
     spec = ResponseSpec(

@@ -21,6 +21,7 @@ from service.models import (
 )
 from service.problems import Problem, decode_body
 from service.routes import openapi
+from service.routes.boards import unknown_board
 from service.routes.limiting import Counted, limit, limit_items
 from service.state import Services
 
@@ -83,9 +84,7 @@ async def submit_score(
     try:
         event = await scores.prepare_one(services.boards, board_id, data, request_id, wait)
     except UnknownBoard:
-        raise Problem(
-            404, "Unknown leaderboard", f"no leaderboard {board_id!r}", field="board_id"
-        ) from None
+        raise unknown_board(board_id) from None
     await stream.publish(services.redis, services.settings.stream_key, [event])
     services.breakers.redis.success()
     metrics.SUBMISSIONS_ACCEPTED.inc()
@@ -102,11 +101,7 @@ async def submit_score(
     tags=["scores"],
     summary="Submit up to 500 scores.",
     status_code=202,
-    responses=openapi.errors(
-        openapi.MALFORMED,
-        openapi.INVALID,
-        openapi.UNKNOWN_BOARD_IN_BATCH,
-    ),
+    responses=openapi.errors(openapi.MALFORMED, openapi.INVALID, openapi.UNKNOWN_BOARD_IN_BATCH),
 )
 async def submit_batch(
     request: Request,  # type: ignore[type-arg]
@@ -121,10 +116,7 @@ async def submit_batch(
         events = await scores.prepare_batch(services.boards, data.submissions, request_id)
     except UnknownBoard as exc:
         index = next(i for i, s in enumerate(data.submissions) if s.board_id == exc.board_id)
-        field = f"submissions[{index}].board_id"
-        raise Problem(
-            404, "Unknown leaderboard", f"no leaderboard {exc.board_id!r}", field=field
-        ) from None
+        raise unknown_board(exc.board_id, f"submissions[{index}].board_id") from None
     # After validation, so an invalid batch counts nothing; all or nothing, so a refused
     # batch counts nothing either and puts nothing on the stream.
     await limit_items(request, services, "submissions", _per_player(events))
