@@ -98,7 +98,8 @@ class Worker:
         await self.settle()
         # ResponseError: NOGROUP when Redis lost the group (run_workers then starts again)
         with contextlib.suppress(*TRANSIENT, redis.exceptions.ResponseError):
-            await asyncio.wait_for(self._finish_own_pending(), STOP_DRAIN_S)
+            async with asyncio.timeout(STOP_DRAIN_S):
+                await self._finish_own_pending()
         for task in (self.upkeep_task, self.coldstart_task):
             await background.cancel_and_wait(task)
         await self.pg.close()
@@ -165,8 +166,7 @@ class Worker:
                 # The entry stays pending: claimed again once idle, dead-lettered after
                 # max_deliveries (as when FastStream's handler raised).
                 log.exception("handling a claimed entry failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stop_claiming.wait(), s.claim_interval_ms / 1000)
+            await background.wait_set(self.stop_claiming, s.claim_interval_ms / 1000)
 
     async def _run(self, entries: list[Entry], claimed: bool) -> None:
         started = time.perf_counter()

@@ -7,7 +7,6 @@ their timing) while wrk runs in another thread.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 
@@ -16,6 +15,7 @@ from redis.asyncio import Redis
 from loadtest.backlog import stream_state
 from loadtest.procstat import CpuMeter, Group
 from loadtest.records import SoakPoint, Usage
+from service import background
 
 
 async def redis_used_mib(redis: Redis) -> float | None:
@@ -76,8 +76,7 @@ class Monitor:
                 used = await redis_used_mib(self.redis)
                 self.points.append(SoakPoint(round(t, 1), memory, used, length, lag, pending))
                 next_memory += self.memory_every_s
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.interval_s)
+            await background.wait_set(self._stop, self.interval_s)
 
     async def stop(self) -> Usage:
         """End sampling; what was used from start() to now."""

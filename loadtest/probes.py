@@ -5,7 +5,6 @@ submission to that answer is what a player waits to see their score on the board
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import httpx
@@ -13,6 +12,7 @@ import msgspec
 
 from loadtest.records import Visibility
 from loadtest.stats import percentile
+from service import background
 
 
 class Probes:
@@ -65,8 +65,7 @@ class Probes:
             n += 1
             next_at += 1 / self.rate_per_s
             delay = max(0.0, next_at - time.perf_counter())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+            await background.wait_set(self._stop, delay)
 
     async def _probe(self, player: str, n: int) -> None:
         body = self._encoder.encode(

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
 log = logging.getLogger("rankstream.background")
+
+
+async def wait_set(event: asyncio.Event, seconds: float) -> bool:
+    """Wait until `event` is set, at most `seconds`; whether it is set.
+
+    `asyncio.timeout`, not `asyncio.wait_for`: on Python 3.11 wait_for drops a cancellation
+    of the caller that arrives as the event is set (CPython gh-86296), and a loop waiting
+    on its stop event then runs on after being cancelled."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    return event.is_set()
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:

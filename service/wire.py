@@ -175,7 +175,8 @@ class ReadLink:
             if conn is not None and not conn.closed:
                 return conn  # another caller connected it meanwhile
             try:
-                conn = await asyncio.wait_for(self._open(), self._connect_timeout_s)
+                async with asyncio.timeout(self._connect_timeout_s):
+                    conn = await self._open()
             except (OSError, TimeoutError) as exc:
                 raise RedisConnectionError(f"cannot connect to Redis: {exc!r}") from exc
             self._connections[slot] = conn

@@ -1,4 +1,5 @@
-"""Stopping a background task keeps the stopper's own cancellation."""
+"""Stopping a background task keeps the stopper's own cancellation; so does waiting on an
+event with a timeout."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import gc
 
 import pytest
 
-from service.background import cancel_and_wait
+from service.background import cancel_and_wait, wait_set
 
 
 async def slow_to_stop(stopped: asyncio.Event) -> None:
@@ -67,3 +68,22 @@ async def test_a_task_that_failed_before_is_left_quiet(caplog: pytest.LogCapture
         loop.set_exception_handler(handler)
     assert "failed on its own" not in caplog.text
     assert reported == []
+
+
+async def test_a_wait_on_an_event_cancelled_as_the_event_is_set_is_cancelled() -> None:
+    # The consumer's claimer waits on its stop event between looks: with asyncio.wait_for
+    # on Python 3.11 this cancellation was lost and the wait returned as if not cancelled.
+    event = asyncio.Event()
+    waiting = asyncio.create_task(wait_set(event, 60))
+    await asyncio.sleep(0)
+    event.set()
+    waiting.cancel()
+    await asyncio.wait({waiting})
+    assert waiting.cancelled()
+
+
+async def test_a_wait_on_an_event_says_whether_it_was_set() -> None:
+    event = asyncio.Event()
+    assert await wait_set(event, 0.01) is False
+    asyncio.get_running_loop().call_later(0.01, event.set)
+    assert await wait_set(event, 60) is True

@@ -31,7 +31,8 @@ async def live() -> Live:
 )
 async def ready(services: NamedDependency[Services]) -> Response[Readiness]:
     """Readiness: 200 when every dependency answers, 503 naming those that do not."""
-    state = await asyncio.wait_for(check_ready(services), timeout=5)
+    async with asyncio.timeout(5):
+        state = await check_ready(services)
     return Response(state, status_code=200 if state.status == "ok" else 503)
 
 
@@ -39,7 +40,8 @@ async def ready(services: NamedDependency[Services]) -> Response[Readiness]:
 async def health_summary(services: NamedDependency[Services]) -> Response[Summary]:
     """Versions of rankstream, Python, Redis and PostgreSQL, and the stream's length, lag
     and pending count; 503 when a dependency is down."""
-    state = await asyncio.wait_for(summary(services), timeout=5)
+    async with asyncio.timeout(5):
+        state = await summary(services)
     return Response(state, status_code=200 if state.status == "ok" else 503)
 
 
