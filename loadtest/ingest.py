@@ -30,7 +30,7 @@ import httpx
 import msgspec
 from redis.asyncio import Redis
 
-from loadtest import procstat, profiling, results
+from loadtest import pgreference, procstat, profiling, results
 from loadtest.backlog import group_state, text
 from loadtest.stack import BOARD_ID, Harness, add_stack_arguments
 from loadtest.stats import figure, percentile
@@ -431,6 +431,8 @@ async def _throughput_run(
     s = harness.settings
     redis = Redis.from_url(s.redis_url)
     try:
+        reference = await pgreference.upserted_rows_per_s(s.database_url)
+        print(f"Postgres alone: {reference.rows_per_s:,.0f} upserted rows/s", flush=True)
         fill_s, last_id = await prefill(
             redis, s.stream_key, args.events, args.players, rng, "player-"
         )
@@ -476,6 +478,7 @@ async def _throughput_run(
                 "timeline": drained["timeline"],
                 "cpu_us_per_event": cpu,
                 "machine_busy_share": round(meter.machine_busy_share(), 3),
+                "postgres_alone_rows_per_s": reference.rows_per_s,
                 "verification": check,
             }
         )
@@ -515,6 +518,20 @@ def _throughput_figures(out: dict[str, Any]) -> None:
             note="consumer spawn → lag 0 & pending 0",
         )
     )
+    references = [r["postgres_alone_rows_per_s"] for r in runs if "postgres_alone_rows_per_s" in r]
+    if references:
+        reference = sorted(references)[(len(references) - 1) // 2]
+        every = ", ".join(f"{r:,.0f}" for r in references)
+        out["figures"].append(
+            figure(
+                f"Postgres alone: upserted rows/s through one connection, median of {len(runs)}",
+                reference,
+                "rows/s",
+                note=f"before each drain, on its servers ({pgreference.BATCH}-row batches, a "
+                f"commit each); issue 3 quotes ~{pgreference.ISSUE_ROWS_S:,} for its machine: "
+                f"{reference / pgreference.ISSUE_ROWS_S:.2f}x of it; every run: {every}",
+            )
+        )
     for group in ("consumer", "postgres", "redis", "total"):
         values = ", ".join(str(r["cpu_us_per_event"].get(group)) for r in runs)
         out["figures"].append(

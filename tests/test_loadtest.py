@@ -1,5 +1,6 @@
 """The load-test harness' own logic: the generated wrk Lua (run by real wrk against a local
-recorder), the limit attribution, /proc parsing, and the Markdown summary. No servers."""
+recorder), the limit attribution, /proc parsing, and the Markdown summary; the probes that
+measure a server (redis-py, limiter, Postgres alone) against the test session's."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 import redis as redis_py
@@ -21,8 +23,10 @@ import redis as redis_py
 from loadtest import (
     baseline,
     dataset,
+    ingest,
     limiter,
     limits,
+    pgreference,
     procstat,
     reads,
     results,
@@ -316,6 +320,31 @@ def test_an_ingest_runs_single_consumer_profile_renders() -> None:
     profile = {"samples": 4, "self": [{"function": "fold (service/combine.py)", "share": 0.25}]}
     lines = results._profile({"scenario": "ingest", "profile": profile})
     assert lines[-1] == "- consumer: fold (service/combine.py) 25.0%"
+
+
+async def test_postgres_alone_upserts_batches_and_drops_its_table(
+    settings: Any, pg: asyncpg.Connection
+) -> None:
+    # Enough batches that keys come round again: updates as well as inserts (a batch with
+    # a key twice would fail: ON CONFLICT cannot change a row twice in one statement).
+    found = await pgreference.upserted_rows_per_s(settings.database_url, 0.5, warmup_s=0.0)
+    assert found.rows >= 10 * pgreference.BATCH and found.rows % pgreference.BATCH == 0
+    assert found.rows_per_s == pytest.approx(found.rows / found.seconds, rel=0.01)
+    assert await pg.fetchval("SELECT to_regclass($1)", pgreference.TABLE) is None
+
+
+def test_ingest_figures_give_postgres_alone_against_the_issues_figure() -> None:
+    runs = [
+        {"events_per_s": rate, "events_per_s_incl_start": rate, "cpu_us_per_event": {},
+         "postgres_alone_rows_per_s": alone}
+        for rate, alone in ((15_000.0, 63_000.0), (14_000.0, 56_000.0), (16_000.0, 70_000.0))
+    ]  # fmt: skip
+    out: dict[str, Any] = {"throughput_runs": runs, "figures": []}
+    ingest._throughput_figures(out)
+    alone = next(f for f in out["figures"] if f["name"].startswith("Postgres alone"))
+    assert alone["value"] == 63_000.0
+    assert "0.90x of it" in alone["note"]
+    assert alone["note"].endswith("every run: 63,000, 56,000, 70,000")
 
 
 def test_the_redis_py_probe_reports_its_version_and_both_calls(settings: Any) -> None:
