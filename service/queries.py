@@ -61,7 +61,8 @@ def _columns(*names: str) -> str:
 
 # A lane's first statement: lock its boards (LOCK_BOARDS), claim the event ids (a retried or
 # redelivered event_id conflicts and is left out), record the new events, and answer each
-# new event with whether its player is banned. One round trip instead of four. Rows are
+# new event with whether its player is banned (looked up in the partial index of banned
+# players, usually empty, not in every player's row). One round trip instead of four. Rows are
 # (event_id, banned, NULL) per new event and (NULL, NULL, board id) per board locked; a
 # board missing fails the transaction, so what the statement wrote for it is rolled back
 # whichever part ran first.
@@ -84,9 +85,9 @@ WITH locked AS (
     SELECT e.* FROM e JOIN claimed USING (event_id)
     RETURNING event_id, player_id
 )
-SELECT r.event_id, coalesce(pl.banned, false) AS banned, NULL AS board_id
+SELECT r.event_id, pl.player_id IS NOT NULL AS banned, NULL AS board_id
 FROM recorded r
-LEFT JOIN players pl ON pl.player_id = r.player_id
+LEFT JOIN players pl ON pl.player_id = r.player_id AND pl.banned
 UNION ALL
 SELECT NULL, NULL, id FROM locked
 """
