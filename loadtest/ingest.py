@@ -4,8 +4,11 @@ Phase 1 (throughput): the stream is pre-filled with N events by XADD in pipeline
 entries the API would write, `service.stream.encode`), then ONE consumer process starts
 (`python -m service.cli consume`, batch size 500) and the clock runs until the consumer
 group has lag 0 and nothing pending (XINFO GROUPS). The board has two windows, so every
-event updates two `player_scores` rows. The phase runs `--repeat` times, each on fresh
-servers, and reports the median drain: one drain alone moved by a tenth between runs.
+event updates two `player_scores` rows. Events carry no display name unless `--named` asks
+for a share that does (a named event also upserts its player's row and the board's names
+hash, as a game sending names with every score would). The phase runs `--repeat` times,
+each on fresh servers, and reports the median drain: one drain alone moved by a tenth
+between runs.
 
 Phase 2 (latency): the API (granian) runs beside the consumer; an open-loop client sends
 `POST /v1/scores/batch` at a fixed rate (default 50 submissions every 10 ms = 5,000/s)
@@ -46,6 +49,13 @@ DELIVERED_SHARE = 0.99  # of the offered rate: the latency phase must deliver it
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", type=int, default=200_000, help="events pre-filled (200000)")
     p.add_argument("--players", type=int, default=100_000, help="distinct players (100000)")
+    p.add_argument(
+        "--named",
+        type=float,
+        default=0.0,
+        help="share of pre-filled events that carry the player's display name (0: none; "
+        "each named event upserts its players row and the board's names hash)",
+    )
     p.add_argument("--batch-size", type=int, default=500, help="RANKSTREAM_BATCH_SIZE (500)")
     p.add_argument("--rate", type=int, default=5_000, help="offered submissions/s (5000)")
     p.add_argument("--http-batch", type=int, default=50, help="submissions per request (50)")
@@ -73,9 +83,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def prefill(
-    redis: Redis, stream_key: str, n: int, players: int, rng: random.Random, prefix: str
+    redis: Redis,
+    stream_key: str,
+    n: int,
+    players: int,
+    rng: random.Random,
+    prefix: str,
+    named: float = 0.0,
 ) -> tuple[float, bytes]:
-    """XADD n events in pipelines of 5,000; return (seconds taken, last entry id)."""
+    """XADD n events in pipelines of 5,000, a share `named` of them with the player's display
+    name; return (seconds taken, last entry id)."""
     t0 = time.perf_counter()
     last_id = b"0-0"
     chunk = 5_000
@@ -83,12 +100,14 @@ async def prefill(
         accepted_ms = scores.now_ms()
         async with redis.pipeline(transaction=False) as pipe:
             for _ in range(start, min(n, start + chunk)):
+                player = rng.randrange(players)
                 event = ScoreEvent(
                     event_id=str(uuid.uuid4()),
                     board_id=BOARD_ID,
-                    player_id=f"{prefix}{rng.randrange(players)}",
+                    player_id=f"{prefix}{player}",
                     score=rng.randrange(1_000_000_000),
                     accepted_ms=accepted_ms,
+                    display_name=f"Player {player}" if rng.random() < named else None,
                 )
                 pipe.xadd(stream_key, {stream.FIELD: stream.encode(event)})
             ids = await pipe.execute()
@@ -144,7 +163,8 @@ async def wait_drained(
 
 
 async def verify(harness: Harness, redis: Redis, expect_events: int) -> dict[str, Any]:
-    """What the drained consumer left behind: events recorded, rows, dead letters, sets."""
+    """What the drained consumer left behind: events recorded, rows, dead letters, sets, and
+    the names of named players (in Postgres and in the board's names hash)."""
     conn = await harness.pg()
     try:
         events = await conn.fetchval("SELECT count(*) FROM event_ids")
@@ -152,6 +172,7 @@ async def verify(harness: Harness, redis: Redis, expect_events: int) -> dict[str
             "SELECT count(*) FROM player_scores WHERE board_id = $1", BOARD_ID
         )
         dead = await conn.fetchval("SELECT count(*) FROM dead_letters")
+        named = await conn.fetchval("SELECT count(*) FROM players WHERE display_name IS NOT NULL")
         periods = await conn.fetch(
             "SELECT window_name, period, count(*) AS n FROM player_scores "
             "WHERE board_id = $1 GROUP BY 1, 2 ORDER BY 1, 2",
@@ -159,6 +180,7 @@ async def verify(harness: Harness, redis: Redis, expect_events: int) -> dict[str
         )
     finally:
         await conn.close()
+    names = await redis.hlen(keys.names_key(BOARD_ID))
     zcards = {}
     for r in periods:
         key = keys.set_key(BOARD_ID, r["window_name"], r["period"])
@@ -168,9 +190,12 @@ async def verify(harness: Harness, redis: Redis, expect_events: int) -> dict[str
         "events_expected": expect_events,
         "player_scores_rows": rows,
         "dead_letters": dead,
+        "named_players": named,
+        "names_in_redis": names,
         "sets": zcards,
         "ok": events == expect_events
         and dead == 0
+        and named == names
         and all(v["postgres_rows"] == v["zcard"] for v in zcards.values()),
     }
 
@@ -434,7 +459,7 @@ async def _throughput_run(
         reference = await pgreference.upserted_rows_per_s(s.database_url)
         print(f"Postgres alone: {reference.rows_per_s:,.0f} upserted rows/s", flush=True)
         fill_s, last_id = await prefill(
-            redis, s.stream_key, args.events, args.players, rng, "player-"
+            redis, s.stream_key, args.events, args.players, rng, "player-", args.named
         )
         print(f"pre-filled {args.events} events in {fill_s:.1f}s", flush=True)
         consumer = harness.start_consumer(args.batch_size)
@@ -470,6 +495,7 @@ async def _throughput_run(
                 "players": args.players,
                 "windows": ["all", "daily"],
                 "batch_size": args.batch_size,
+                "named_share": args.named,
                 "prefill_s": round(fill_s, 2),
                 "seconds_first_delivery_to_drained": round(busy_s, 3),
                 "seconds_spawn_to_drained": round(total_s, 3),
@@ -499,9 +525,11 @@ def _throughput_figures(out: dict[str, Any]) -> None:
     median = by_rate[(len(by_rate) - 1) // 2]
     out["throughput"] = median
     every = ", ".join(f"{r['events_per_s']:,.0f}" for r in runs)
+    named = median.get("named_share", 0.0)
+    names = f", {named:.0%} of events named" if named else ""
     out["figures"].append(
         figure(
-            f"consumer throughput (1 process, batch 500, 2 windows), median of {len(runs)}",
+            f"consumer throughput (1 process, batch 500, 2 windows{names}), median of {len(runs)}",
             median["events_per_s"],
             "events/s",
             TARGET_EVENTS_S,
@@ -607,7 +635,9 @@ async def _profile_consumer(
 ) -> dict[str, Any]:
     """Not measured: pre-fill again and record the consumer with py-spy while it drains."""
     n = max(20_000, 20_000 * args.profile)
-    _, last_id = await prefill(redis, harness.settings.stream_key, n, args.players, rng, "player-")
+    _, last_id = await prefill(
+        redis, harness.settings.stream_key, n, args.players, rng, "player-", args.named
+    )
     raw = Path("/tmp") / f"consumer-{pid}.pyspy.txt"
     spy = profiling.start(pid, args.profile, raw)
     consumer = next(c for c in harness.stack.children if c.pid == pid)

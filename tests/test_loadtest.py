@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from loadtest import (
     wrk,
 )
 from loadtest.records import DataRecord, Latency, RunRecord, SuiteResult, Usage
+from service import stream
 
 
 class _Recorder(BaseHTTPRequestHandler):
@@ -331,6 +333,19 @@ async def test_postgres_alone_upserts_batches_and_drops_its_table(
     assert found.rows >= 10 * pgreference.BATCH and found.rows % pgreference.BATCH == 0
     assert found.rows_per_s == pytest.approx(found.rows / found.seconds, rel=0.01)
     assert await pg.fetchval("SELECT to_regclass($1)", pgreference.TABLE) is None
+
+
+@pytest.mark.parametrize("named", [0.0, 1.0])
+async def test_ingest_prefill_names_the_share_asked_for(redis: Any, named: float) -> None:
+    rng = random.Random(1)
+    _, last = await ingest.prefill(redis, "t:ingest", 20, 5, rng, "p-", named)
+    entries = await redis.xrange("t:ingest")
+    assert len(entries) == 20 and entries[-1][0] == last
+    events = [stream.decode(fields) for _, fields in entries]
+    if named:
+        assert all(e.display_name == f"Player {e.player_id[2:]}" for e in events)
+    else:
+        assert all(e.display_name is None for e in events)
 
 
 def test_ingest_figures_give_postgres_alone_against_the_issues_figure() -> None:
