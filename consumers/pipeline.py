@@ -265,9 +265,12 @@ async def _upsert_players(conn: asyncpg.Connection, events: list[ScoreEvent]) ->
         return
     await conn.execute(
         queries.UPSERT_PLAYERS,
-        list(latest),
-        [e.display_name for e in latest.values()],
-        [msgspec.json.decode(e.metadata) if e.metadata else None for e in latest.values()],
+        *_json_columns(
+            [
+                (player, e.display_name, e.metadata.decode() if e.metadata else None)
+                for player, e in latest.items()
+            ]
+        ),
     )
 
 
