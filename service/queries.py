@@ -127,14 +127,25 @@ UPSERT_SCORES = {
 }
 
 # The players of a lane's new events that carry a display name or metadata: a name or
-# metadata given replaces the stored one; none given keeps it. A row is rewritten only when
+# metadata given replaces the stored one; none given keeps it. A row is written only when
 # that changes it: a game sending its player's name with every score would otherwise write
-# a new version of the row (and its WAL) per event.
+# a new version of the row (and its WAL) per event. Rows that would not change are left
+# out before the insert, since ON CONFLICT locks the row it finds even when its WHERE is
+# false (one more WAL record); that WHERE still guards a row changed meanwhile.
 # $1..$3 JSON columns: player_id, display_name, metadata (each a JSON object's text, or null).
 UPSERT_PLAYERS = f"""
 INSERT INTO players AS pl (player_id, display_name, metadata)
-SELECT player_id, display_name, coalesce(metadata::jsonb, '{{}}'::jsonb)
-FROM {_columns("player_id", "display_name", "metadata")}
+SELECT g.player_id, g.display_name, g.metadata
+FROM (
+    SELECT player_id, display_name, coalesce(metadata::jsonb, '{{}}'::jsonb) AS metadata
+    FROM {_columns("player_id", "display_name", "metadata")}
+) g
+WHERE NOT EXISTS (
+    SELECT 1 FROM players p
+    WHERE p.player_id = g.player_id
+      AND (g.display_name IS NULL OR g.display_name = p.display_name)
+      AND (g.metadata = '{{}}'::jsonb OR g.metadata = p.metadata)
+)
 ON CONFLICT (player_id) DO UPDATE
 SET display_name = coalesce(EXCLUDED.display_name, pl.display_name),
     metadata = CASE WHEN EXCLUDED.metadata = '{{}}'::jsonb THEN pl.metadata

@@ -54,6 +54,12 @@ async def _row(pg: asyncpg.Connection, player: str) -> tuple[str | None, Any, in
     return r["display_name"], json.loads(r["metadata"]), r["xmin"]
 
 
+async def _locked(pg: asyncpg.Connection, player: str) -> bool:
+    """Whether a transaction has locked or deleted the row's current version (xmax set)."""
+    xmax = await pg.fetchval("SELECT xmax::text FROM players WHERE player_id = $1", player)
+    return bool(xmax != "0")
+
+
 async def test_names_and_metadata_replace_or_keep_and_unchanged_rows_are_not_rewritten(
     pipeline: Pipeline, pg: asyncpg.Connection, redis: Redis
 ) -> None:
@@ -62,10 +68,12 @@ async def test_names_and_metadata_replace_or_keep_and_unchanged_rows_are_not_rew
     assert (name, metadata) == (NAME, {"lvl": 1, "tag": "é"})
     assert (await redis.hget(keys.names_key("b"), "p1")).decode() == NAME
 
-    # Nothing given, or the same again: the row stays as it is, no new version of it.
+    # Nothing given, or the same again: the row stays as it is, neither rewritten nor
+    # locked (ON CONFLICT would lock it even when its WHERE leaves it alone).
     await pipeline.process([_entry("p1", None, None)])
     await pipeline.process([_entry("p1", NAME, {"tag": "é", "lvl": 1})])
     assert await _row(pg, "p1") == (NAME, {"lvl": 1, "tag": "é"}, first)
+    assert not await _locked(pg, "p1")
 
     # A new name keeps the metadata; new metadata keeps the name.
     await pipeline.process([_entry("p1", "B", None)])
