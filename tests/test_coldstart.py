@@ -4,6 +4,7 @@ exactly once, and the answers come back identical."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -224,3 +225,53 @@ async def test_a_cancellation_while_leaving_the_lock_ends_the_holder(redis: Redi
     assert task.cancelled()
     assert not left.is_set()
     assert not await redis.exists("t:lock")  # released all the same
+
+
+def _scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [plan] if plan.get("Relation Name") == "player_scores" else []
+    for child in plan.get("Plans", []):
+        found += _scans(child)
+    return found
+
+
+async def test_the_probe_for_lost_sets_reads_only_the_set_even_with_a_generic_plan(
+    pg: asyncpg.Connection,
+) -> None:
+    # Two boards of two windows of 500,000 players, as the 1M-player benchmark has, their
+    # rows interleaved as they arrive, and statistics to plan by: the EXISTS form then
+    # planned on the primary key (it did not with each board's rows in one block). A pass
+    # asks about periods with no rows (a new board's retained past periods) every time;
+    # the probe must descend to the set, not read a whole index and filter it.
+    done = 0
+    for upto in (20_000, 100_000, 250_000, 500_000):  # boards' rows interleaved on disk
+        for board in ("b0", "b1"):
+            await pg.execute(
+                "INSERT INTO player_scores (board_id, window_name, period, player_id, score,"
+                " reached_at) SELECT $1, w, p, 'p' || i, i, now()"
+                " FROM generate_series($2::int, $3::int) AS i,"
+                " (VALUES ('all', 'all'), ('daily', '2026-11-23')) AS s(w, p)",
+                board,
+                done + 1,
+                upto,
+            )
+        done = upto
+    await pg.execute("ANALYZE player_scores")
+    await pg.execute("SET plan_cache_mode = force_generic_plan")
+    await pg.execute(f"PREPARE probe(text, text[], text[]) AS {coldstart.WITH_ROWS}")
+    raw = await pg.fetchval(
+        "EXPLAIN (FORMAT JSON) EXECUTE probe('b0', '{daily,daily,all}',"
+        " '{2026-11-22,2026-11-21,all}')"
+    )
+    scans = _scans(json.loads(raw)[0]["Plan"])
+    assert scans, "the plan reads player_scores"
+    for scan in scans:
+        # led by (board, window, period): the primary key (player first) also takes the
+        # condition, but only by reading all of its entries, which the EXISTS form chose
+        assert scan.get("Index Name") == "player_scores_ranking", scan
+    found = await pg.fetch(
+        coldstart.WITH_ROWS, "b0", ["daily", "daily", "all"], ["2026-11-22", "2026-11-23", "all"]
+    )
+    assert sorted((r["window_name"], r["period"]) for r in found) == [
+        ("all", "all"),
+        ("daily", "2026-11-23"),
+    ]
